@@ -1,0 +1,95 @@
+"""Differentiable inner optimizers: each builds an `InnerOptimizer(init, step)` for a loss L(params, hparams).
+
+The inner state w is a flat dict of tensors: the parameters under their own names, and the optimizer's
+buffers under `"<name>@<buffer>"` (a velocity, Adam's moments), so that the hypergradient flows through
+them too. Every hyperparameter (lr, momentum, weight decay) is either a number or the name of an entry
+of `hparams`, in which case it is an outer variable and receives a hypergradient.
+
+Under `torch.no_grad()` a step returns plain tensors (no graph); otherwise it keeps the graph of the
+inner gradient (create_graph) so that `hypergradient` can differentiate through it.
+"""
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from bilevel_cli.core.hypergradient import Tensors
+
+Loss = Callable[[Tensors, Tensors], torch.Tensor]
+Hyper = float | str
+
+
+class InnerOptimizer(NamedTuple):
+    init: Callable[[Tensors], Tensors]  # parameters -> initial inner state (parameters + buffers)
+    step: Callable[[Tensors, Tensors, int], Tensors]  # (state, hparams, t) -> next state
+
+
+def gd(loss: Loss, lr: Hyper, weight_decay: Hyper = 0.0) -> InnerOptimizer:
+    """Gradient descent: w ← w − lr·(∇L(w) + weight_decay·w)."""
+    def step(w: Tensors, hparams: Tensors, t: int) -> Tensors:
+        eta, grads = _value(lr, hparams), _gradient(loss, w, hparams, weight_decay)
+        return {k: w[k] - eta * g for k, g in grads.items()}
+
+    return InnerOptimizer(dict, step)
+
+
+def momentum(loss: Loss, lr: Hyper, momentum: Hyper = 0.9, weight_decay: Hyper = 0.0) -> InnerOptimizer:
+    """Heavy-ball momentum: v ← μ·v + ∇L(w); w ← w − lr·v (PyTorch's SGD convention)."""
+    def init(params: Tensors) -> Tensors:
+        return {**params, **{f"{k}@velocity": torch.zeros_like(p) for k, p in params.items()}}
+
+    def step(w: Tensors, hparams: Tensors, t: int) -> Tensors:
+        eta, mu = _value(lr, hparams), _value(momentum, hparams)
+        out = {}
+        for k, g in _gradient(loss, w, hparams, weight_decay).items():
+            v = mu * w[f"{k}@velocity"] + g
+            out[k], out[f"{k}@velocity"] = w[k] - eta * v, v
+        return out
+
+    return InnerOptimizer(init, step)
+
+
+def adam(loss: Loss, lr: Hyper, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+         weight_decay: Hyper = 0.0, eps_root: float = 1e-16) -> InnerOptimizer:
+    """Adam with bias correction. `eps_root` inside the square root keeps its derivative finite
+    where a gradient coordinate is exactly zero (sqrt has an infinite slope at 0)."""
+    b1, b2 = betas
+
+    def init(params: Tensors) -> Tensors:
+        zeros = {f"{k}@{m}": torch.zeros_like(p) for k, p in params.items() for m in ("m", "v")}
+        return {**params, **zeros}
+
+    def step(w: Tensors, hparams: Tensors, t: int) -> Tensors:
+        eta, out = _value(lr, hparams), {}
+        for k, g in _gradient(loss, w, hparams, weight_decay).items():
+            m = b1 * w[f"{k}@m"] + (1 - b1) * g
+            v = b2 * w[f"{k}@v"] + (1 - b2) * g * g
+            m_hat, v_hat = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
+            out[k] = w[k] - eta * m_hat / ((v_hat + eps_root).sqrt() + eps)
+            out[f"{k}@m"], out[f"{k}@v"] = m, v
+        return out
+
+    return InnerOptimizer(init, step)
+
+
+OPTIMIZERS = {"gd": gd, "momentum": momentum, "adam": adam}
+
+
+def _value(x: Hyper, hparams: Tensors):
+    return hparams[x] if isinstance(x, str) else x
+
+
+def _gradient(loss: Loss, w: Tensors, hparams: Tensors, weight_decay: Hyper) -> Tensors:
+    """∇_params L + weight_decay·params, differentiable (create_graph) when grad mode is on."""
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        # The initial state is usually a constant; autograd needs a leaf to differentiate at.
+        params = {k: p if p.requires_grad else p.detach().requires_grad_()
+                  for k, p in w.items() if "@" not in k}
+        grads = torch.autograd.grad(loss(params, hparams), list(params.values()), create_graph=create_graph)
+    wd = _value(weight_decay, hparams)
+    return {k: g + wd * w[k] if _nonzero(wd) else g for (k, g) in zip(params, grads)}
+
+
+def _nonzero(x) -> bool:
+    return isinstance(x, torch.Tensor) or x != 0
