@@ -1,0 +1,3 @@
+from bilevel_cli.cli import main
+
+main()

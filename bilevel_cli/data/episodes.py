@@ -1,0 +1,46 @@
+"""N-way K-shot episodes drawn as index tensors from an in-memory uint8 image store, on its device."""
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Episodes:
+    """A meta-batch of B episodes; images hold each episode's N·K support then N·Q query images."""
+    images: torch.Tensor  # uint8 (B, N·(K+Q), C, H, W)
+    support_labels: torch.Tensor  # int64 (B, N·K), class k of the episode is label k
+    query_labels: torch.Tensor  # int64 (B, N·Q)
+
+    @property
+    def segments(self) -> tuple[int, int]:
+        return self.support_labels.shape[1], self.query_labels.shape[1]
+
+
+class EpisodeSampler:
+    """Samples episodes from `images` (classes, per_class, C, H, W): N distinct classes per episode,
+    K + Q distinct images per class (support and query disjoint), all episodes at once."""
+
+    def __init__(self, images: torch.Tensor, ways: int, shots: int, queries: int, seed: int):
+        classes, per_class = images.shape[:2]
+        if ways > classes:
+            raise ValueError(f"{ways}-way episodes need {ways} classes but the split has {classes}; lower ways")
+        if shots + queries > per_class:
+            raise ValueError(f"{shots} shots + {queries} queries need {shots + queries} images per class but the "
+                             f"split has {per_class}; lower shots or queries")
+        self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
+        self.generator = torch.Generator(images.device).manual_seed(seed)
+        device = images.device
+        self.support_labels = torch.arange(ways, device=device).repeat_interleave(shots)
+        self.query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
+
+    def sample(self, batch: int) -> Episodes:
+        classes, per_class = self.images.shape[:2]
+        device, g = self.images.device, self.generator
+        # argsort of uniform noise: B independent random permutations in one kernel, no Python loop.
+        picked_classes = torch.rand(batch, classes, generator=g, device=device).argsort(1)[:, :self.ways]
+        picked = torch.rand(batch, self.ways, per_class, generator=g, device=device).argsort(2)
+        picked = picked[..., :self.shots + self.queries]
+        x = self.images[picked_classes[..., None], picked]  # (B, N, K+Q, C, H, W)
+        images = torch.cat([x[:, :, :self.shots].flatten(1, 2), x[:, :, self.shots:].flatten(1, 2)], dim=1)
+        return Episodes(images, self.support_labels.expand(batch, -1), self.query_labels.expand(batch, -1))

@@ -1,0 +1,82 @@
+"""Few-shot learning with a hyper-representation (Franceschi et al., ICML 2018, §3.2 and Algorithm 1).
+
+Outer variables λ: a backbone h_λ shared by all episodes (and, optionally, the inner learning rate).
+Inner variables: one linear classifier (W, b) per episode, starting at zero, trained by T steps of
+an inner optimizer on the support cross-entropy of h_λ's features. Outer loss: the query cross-entropy
+of the trained classifiers, averaged over the meta-batch; it depends on λ through w_T and directly
+through the query features.
+
+The backbone runs once over the whole meta-batch; the inner problem is stated on the features, which
+the core sees as an outer variable. Their hypergradient is then carried into the backbone by autograd.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bilevel_cli.core import OPTIMIZERS, hypergradient, unroll
+from bilevel_cli.data.episodes import Episodes
+
+
+class HyperRepresentation(nn.Module):
+    def __init__(self, backbone: nn.Module, ways: int, T: int, method: str = "reverse",
+                 method_options: dict | None = None, inner: str = "gd", inner_lr: float = 0.1,
+                 learn_lr: bool = True, inner_options: dict | None = None):
+        super().__init__()
+        self.backbone, self.ways, self.T = backbone, ways, T
+        self.method, self.method_options = method, dict(method_options or {})
+        self.inner, self.inner_options = inner, dict(inner_options or {})
+        # A learned rate is an outer variable (an entry of hparams); a fixed one stays a number.
+        self.inner_lr = nn.Parameter(torch.tensor(float(inner_lr))) if learn_lr else float(inner_lr)
+
+    def problem(self, features: torch.Tensor, episodes: Episodes):
+        """The bilevel problem of one meta-batch as the core's (step, outer_loss, w0, hparams)."""
+        n_support = episodes.support_labels.shape[1]
+        support_labels, query_labels = episodes.support_labels.flatten(), episodes.query_labels.flatten()
+
+        def inner_loss(w, hp):
+            # Sum over episodes of each episode's mean loss: every head takes its own episode's step.
+            logits = _linear(w, hp["features"][:, :n_support])
+            return F.cross_entropy(logits.flatten(0, 1), support_labels, reduction="sum") / n_support
+
+        def outer_loss(w, hp):
+            return F.cross_entropy(_linear(w, hp["features"][:, n_support:]).flatten(0, 1), query_labels)
+
+        learned = isinstance(self.inner_lr, nn.Parameter)
+        optimizer = OPTIMIZERS[self.inner](inner_loss, lr="lr" if learned else self.inner_lr, **self.inner_options)
+        batch, _, dim = features.shape
+        w0 = optimizer.init({"W": features.new_zeros(batch, dim, self.ways), "b": features.new_zeros(batch, self.ways)})
+        hparams = {"features": features, **({"lr": self.inner_lr} if learned else {})}
+        return optimizer.step, outer_loss, w0, hparams
+
+    def features(self, episodes: Episodes) -> torch.Tensor:
+        return self.backbone(episodes.images.float() / 255, episodes.segments)
+
+    def hyperstep(self, episodes: Episodes, with_accuracy: bool = False):
+        """Outer loss of a meta-batch; leaves its hypergradient in the .grad of the outer variables.
+        Returns (loss, per-episode query accuracy or None); accuracy costs T extra head steps."""
+        features = self.features(episodes)
+        leaf = features.detach().requires_grad_()
+        step, outer_loss, w0, hparams = self.problem(leaf, episodes)
+        loss, grads = hypergradient(step, outer_loss, w0, hparams, self.T, self.method, **self.method_options)
+        outer = [(features, grads["features"])] + ([(self.inner_lr, grads["lr"])] if "lr" in grads else [])
+        torch.autograd.backward(*zip(*outer))
+        accuracy = self._accuracy(leaf.detach(), episodes) if with_accuracy else None
+        return loss, accuracy
+
+    @torch.no_grad()
+    def accuracy(self, episodes: Episodes) -> torch.Tensor:
+        """Per-episode query accuracy of heads trained by T inner steps on the support set."""
+        return self._accuracy(self.features(episodes), episodes)
+
+    @torch.no_grad()
+    def _accuracy(self, features: torch.Tensor, episodes: Episodes) -> torch.Tensor:
+        step, _, w0, hparams = self.problem(features, episodes)
+        w = unroll(step, w0, hparams, self.T)
+        logits = _linear(w, features[:, episodes.support_labels.shape[1]:])
+        return (logits.argmax(-1) == episodes.query_labels).float().mean(1)
+
+
+def _linear(w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Per-episode linear classifier: x (B, n, d) @ W (B, d, N) + b (B, N)."""
+    return torch.baddbmm(w["b"].unsqueeze(1), x, w["W"])
