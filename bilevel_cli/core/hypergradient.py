@@ -69,5 +69,7 @@ def unroll(step: Step, w: Tensors, hparams: Tensors, T: int, start: int = 0) -> 
 
 
 def _grad(value: torch.Tensor, hparams: Tensors) -> Tensors:
+    if not value.requires_grad:  # e.g. first_order with an outer loss that has no direct term
+        return {k: torch.zeros_like(v) for k, v in hparams.items()}
     grads = torch.autograd.grad(value, list(hparams.values()), allow_unused=True)
     return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(hparams.items(), grads)}

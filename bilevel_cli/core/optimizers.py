@@ -86,7 +86,9 @@ def _gradient(loss: Loss, w: Tensors, hparams: Tensors, weight_decay: Hyper) -> 
         # The initial state is usually a constant; autograd needs a leaf to differentiate at.
         params = {k: p if p.requires_grad else p.detach().requires_grad_()
                   for k, p in w.items() if "@" not in k}
-        grads = torch.autograd.grad(loss(params, hparams), list(params.values()), create_graph=create_graph)
+        grads = torch.autograd.grad(loss(params, hparams), list(params.values()), create_graph=create_graph,
+                                    allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
     wd = _value(weight_decay, hparams)
     return {k: g + wd * w[k] if _nonzero(wd) else g for (k, g) in zip(params, grads)}
 

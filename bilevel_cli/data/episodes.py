@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bilevel_cli.errors import UserError
+
 
 @dataclass
 class Episodes:
@@ -24,9 +26,9 @@ class EpisodeSampler:
     def __init__(self, images: torch.Tensor, ways: int, shots: int, queries: int, seed: int):
         classes, per_class = images.shape[:2]
         if ways > classes:
-            raise ValueError(f"{ways}-way episodes need {ways} classes but the split has {classes}; lower ways")
+            raise UserError(f"{ways}-way episodes need {ways} classes but the split has {classes}; lower ways")
         if shots + queries > per_class:
-            raise ValueError(f"{shots} shots + {queries} queries need {shots + queries} images per class but the "
+            raise UserError(f"{shots} shots + {queries} queries need {shots + queries} images per class but the "
                              f"split has {per_class}; lower shots or queries")
         self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
         self.generator = torch.Generator(images.device).manual_seed(seed)

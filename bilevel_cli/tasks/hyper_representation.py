@@ -50,7 +50,8 @@ class HyperRepresentation(nn.Module):
         return optimizer.step, outer_loss, w0, hparams
 
     def features(self, episodes: Episodes) -> torch.Tensor:
-        return self.backbone(episodes.images.float() / 255, episodes.segments)
+        dtype = next(self.backbone.parameters()).dtype
+        return self.backbone(episodes.images.to(dtype) / 255, episodes.segments)
 
     def hyperstep(self, episodes: Episodes, with_accuracy: bool = False):
         """Outer loss of a meta-batch; leaves its hypergradient in the .grad of the outer variables.

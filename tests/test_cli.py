@@ -1,0 +1,102 @@
+"""The `bilevel` command as a user runs it: run directories, sweeps, eval, and one-line errors."""
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+# A run small enough for a test: seconds on a CPU.
+TINY = ["backbone.channels=8", "task.meta_batch=2", "trainer.steps=4", "trainer.log_every=2", "trainer.val_every=2",
+        "trainer.val_episodes=4", "trainer.test_episodes=6", "trainer.eval_batch=4", "device=cpu"]
+
+
+def _run_dirs(root, pattern="outputs/train/*"):
+    return sorted(p for p in root.glob(pattern) if p.is_dir())
+
+
+def test_help_lists_the_commands(bilevel):
+    out = bilevel("--help").stdout
+    assert "train" in out and "eval" in out
+
+
+def test_unknown_command_is_one_line_and_exit_2(bilevel):
+    done = bilevel("fit", check=False)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "bilevel: error: unknown command 'fit'; choose one of: train, eval (see bilevel --help)"]
+
+
+def test_cfg_job_prints_the_composed_config(bilevel):
+    out = bilevel("train", "--cfg", "job", "hypergrad.T=7").stdout
+    assert "T: 7" in out and "_target_: bilevel_cli.models.Conv4" in out
+
+
+def test_train_writes_the_run_directory(bilevel, tmp_path):
+    bilevel("train", *TINY)
+    (run,) = _run_dirs(tmp_path)
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "train.log"} <= {
+        p.name for p in run.iterdir()}
+    assert "${" not in (run / "config.yaml").read_text()  # resolved
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [2, 4]
+    assert {"outer_loss", "train_acc", "hypergrad_norm", "episodes_per_s", "wall_time", "val_acc",
+            "inner_lr"} <= lines[-1].keys()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["T"] == 5 and summary["method"] == "reverse" and summary["test_episodes"] == 6
+    assert 0 <= summary["test_acc"] <= 100 and summary["test_ci95"] >= 0
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["step"] == summary["best_step"] and best["config"]["hypergrad"]["T"] == 5
+    assert "test accuracy" in (run / "train.log").read_text()
+
+
+def test_sweep_over_T_gives_one_run_directory_each(bilevel, tmp_path):
+    bilevel("train", "-m", "hypergrad.T=1,2,3", *TINY)
+    runs = _run_dirs(tmp_path, "outputs/multirun/*/*")
+    assert [json.loads((r / "summary.json").read_text())["T"] for r in runs] == [1, 2, 3]
+
+
+def test_eval_tests_a_checkpoint_with_value_overrides(bilevel, tmp_path):
+    bilevel("train", *TINY)
+    (run,) = _run_dirs(tmp_path)
+    bilevel("eval", f"checkpoint={run / 'best.pt'}", "hypergrad.T=2", "trainer.test_episodes=8")
+    (evaluation,) = _run_dirs(tmp_path, "outputs/eval/*")
+    summary = json.loads((evaluation / "summary.json").read_text())
+    assert summary["T"] == 2 and summary["test_episodes"] == 8
+
+
+def test_wandb_logs_offline_without_an_account(bilevel, tmp_path):
+    bilevel("train", "logger=wandb", *TINY)
+    (run,) = _run_dirs(tmp_path)
+    assert list((run / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["hypergrad.T=0"], "bilevel: error: hypergrad.T must be an integer >= 1, got 0"),
+    (["hypergrad.T=abc"], "bilevel: error: hypergrad.T must be an integer >= 1, got 'abc'"),
+    (["inner.lr=-1"], "bilevel: error: inner.lr must be a positive number, got -1"),
+    (["hypergrad.method=exact"], "bilevel: error: unknown hypergrad.method 'exact'; choose one of: reverse,"),
+    (["inner.name=sgd"], "bilevel: error: unknown inner.name 'sgd'; choose one of: gd, momentum, adam"),
+    (["task.ways=10000"], "bilevel: error: 10000-way episodes need 10000 classes but the split has"),
+    (["task.queries=30"], "bilevel: error: 1 shots + 30 queries need 31 images per class but the split has 20"),
+    (["device=cuda:0"], "bilevel: error: device=cuda:0 but no CUDA GPU is visible"),
+    (["backbone._target_=os.system"], "bilevel: error: backbone._target_ 'os.system' is not allowed"),
+])
+def test_bad_input_is_one_line_and_exit_2(bilevel, tmp_path, args, message):
+    if args[0].startswith("device=cuda") and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    done = bilevel("train", *TINY, *args, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(message)
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_eval_of_a_missing_checkpoint_says_where_it_looked(bilevel, tmp_path):
+    done = bilevel("eval", "checkpoint=nowhere/best.pt", check=False)
+    assert done.returncode == 2 and done.stderr.startswith("bilevel: error: checkpoint not found: nowhere/best.pt")
+
+
+def test_eval_refuses_a_corrupt_checkpoint(bilevel, tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    done = bilevel("eval", "checkpoint=bad.pt", check=False)
+    assert done.returncode == 2 and done.stderr.startswith("bilevel: error: cannot read checkpoint bad.pt")
