@@ -100,3 +100,14 @@ def test_eval_refuses_a_corrupt_checkpoint(bilevel, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     done = bilevel("eval", "checkpoint=bad.pt", check=False)
     assert done.returncode == 2 and done.stderr.startswith("bilevel: error: cannot read checkpoint bad.pt")
+
+
+def test_episodes_per_second_counts_the_steps_of_its_own_window(bilevel, tmp_path):
+    """Each log line's rate covers the steps since the previous line, not since the last validation."""
+    bilevel("train", *TINY, "trainer.steps=8", "trainer.val_every=8", "trainer.log_every=2")
+    (run,) = _run_dirs(tmp_path)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # Without validation in between, 2 steps of 2 episodes took (wall_time difference) seconds.
+    for previous, line in zip(lines[:-2], lines[1:-1]):
+        elapsed = line["wall_time"] - previous["wall_time"]
+        assert line["episodes_per_s"] == pytest.approx(4 / elapsed, rel=0.2)

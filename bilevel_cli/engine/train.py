@@ -47,7 +47,9 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     best = {"val_acc": -1.0, "step": 0}
     start = window_start = time.perf_counter()
     window_loss, window_steps = torch.zeros((), device=device), 0
-    with logging_redirect_tqdm(), tqdm(range(1, tr.steps + 1), desc="train", unit="it", dynamic_ncols=True) as bar:
+    # disable=None: no bar when stderr is not a terminal (batch jobs); the log still says every validation.
+    bar = tqdm(range(1, tr.steps + 1), desc="train", unit="it", dynamic_ncols=True, disable=None)
+    with logging_redirect_tqdm(), bar:
         for step in bar:
             logging_step = step % tr.log_every == 0 or step == tr.steps
             optimizer.zero_grad(set_to_none=True)
@@ -65,7 +67,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
                 if isinstance(task.inner_lr, torch.nn.Parameter):
                     metrics["inner_lr"] = task.inner_lr.item()
                 window_loss.zero_()
-                window_steps = 0
+                window_steps, window_start = 0, now
             optimizer.step()
             schedule.step()
             if step % tr.val_every == 0 or step == tr.steps:
