@@ -65,6 +65,21 @@ def test_eval_tests_a_checkpoint_with_value_overrides(bilevel, tmp_path):
     assert summary["T"] == 2 and summary["test_episodes"] == 8
 
 
+def test_patience_stops_a_run_that_no_longer_improves(bilevel, tmp_path):
+    """With a negligible outer rate validation cannot improve: the run stops after `patience` validations."""
+    bilevel("train", *TINY, "trainer.steps=20", "trainer.patience=1", "outer.optimizer.lr=1e-30")
+    (run,) = _run_dirs(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_step"] == 2 and summary["last_step"] == 4
+
+
+def test_joint_training_baseline_runs_and_reselects_T(bilevel, tmp_path):
+    bilevel("train", *TINY, "task=joint_training", "trainer.select_T=[1,3]")
+    (run,) = _run_dirs(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "joint_training" and summary["method"] is None and summary["test_T"] in (1, 3)
+
+
 def test_wandb_logs_offline_without_an_account(bilevel, tmp_path):
     bilevel("train", "logger=wandb", *TINY)
     (run,) = _run_dirs(tmp_path)

@@ -13,6 +13,7 @@ class Episodes:
     images: torch.Tensor  # uint8 (B, N·(K+Q), C, H, W)
     support_labels: torch.Tensor  # int64 (B, N·K), class k of the episode is label k
     query_labels: torch.Tensor  # int64 (B, N·Q)
+    classes: torch.Tensor  # int64 (B, N): the split's class behind each episode label
 
     @property
     def segments(self) -> tuple[int, int]:
@@ -37,12 +38,20 @@ class EpisodeSampler:
         self.query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
 
     def sample(self, batch: int) -> Episodes:
+        return self.gather(*self.draw(batch))
+
+    def draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index tensors of `batch` episodes: classes (B, N) and, per class, the K + Q images (B, N, K+Q)."""
         classes, per_class = self.images.shape[:2]
         device, g = self.images.device, self.generator
         # argsort of uniform noise: B independent random permutations in one kernel, no Python loop.
         picked_classes = torch.rand(batch, classes, generator=g, device=device).argsort(1)[:, :self.ways]
         picked = torch.rand(batch, self.ways, per_class, generator=g, device=device).argsort(2)
-        picked = picked[..., :self.shots + self.queries]
-        x = self.images[picked_classes[..., None], picked]  # (B, N, K+Q, C, H, W)
+        return picked_classes, picked[..., :self.shots + self.queries]
+
+    def gather(self, classes: torch.Tensor, picked: torch.Tensor) -> Episodes:
+        """The episodes that `draw` chose, as images: support images first, then query images."""
+        x = self.images[classes[..., None], picked]  # (B, N, K+Q, C, H, W)
         images = torch.cat([x[:, :, :self.shots].flatten(1, 2), x[:, :, self.shots:].flatten(1, 2)], dim=1)
-        return Episodes(images, self.support_labels.expand(batch, -1), self.query_labels.expand(batch, -1))
+        batch = len(classes)
+        return Episodes(images, self.support_labels.expand(batch, -1), self.query_labels.expand(batch, -1), classes)

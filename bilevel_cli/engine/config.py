@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 from bilevel_cli.core import METHODS, OPTIMIZERS
 from bilevel_cli.errors import UserError
 from bilevel_cli.models.batchnorm import NORMS
+from bilevel_cli.tasks import TASKS
 
 # key: the smallest value allowed
 INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.queries": 1, "task.meta_batch": 1,
@@ -13,7 +14,7 @@ INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.
             "trainer.test_episodes": 1, "trainer.eval_batch": 1}
 # key: whether zero is allowed
 NUMBERS = {"inner.lr": False, "outer.optimizer.lr": False, "outer.decay": True}
-CHOICES = {"hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS}
+CHOICES = {"task.name": TASKS, "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS}
 # Hydra instantiates `_target_`s from the config: only classes and functions of this project and of torch.
 TRUSTED_TARGETS = ("bilevel_cli.", "torch.")
 
@@ -36,6 +37,13 @@ def check_config(cfg: DictConfig) -> None:
         if not isinstance(target, str) or not target.startswith(TRUSTED_TARGETS):
             raise UserError(f"{key}._target_ {target!r} is not allowed: only bilevel_cli.* and torch.* may be "
                             "instantiated from a config")
+    patience = OmegaConf.select(cfg, "trainer.patience")
+    if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
+        raise UserError(f"trainer.patience must be null or an integer >= 1, got {patience!r}")
+    candidates = OmegaConf.select(cfg, "trainer.select_T") or []
+    if not all(isinstance(T, int) and not isinstance(T, bool) and T >= 1 for T in candidates):
+        raise UserError(f"trainer.select_T must be a list of integers >= 1, got {list(candidates)} "
+                        "(e.g. 'trainer.select_T=[1,3,5,10]')")
     options = OmegaConf.select(cfg, "hypergrad.options") or {}
     if "K" in options and not 0 <= options["K"] <= cfg.hypergrad.T:
         raise UserError(f"hypergrad.options.K must be in [0, hypergrad.T={cfg.hypergrad.T}], got {options['K']}")

@@ -23,13 +23,28 @@ def evaluate(task, images: torch.Tensor, ways: int, shots: int, queries: int, ep
     """Mean query accuracy over `episodes` episodes, in %, with its 95% confidence interval
     (1.96·std/√n over episodes, the convention of the few-shot literature)."""
     sampler = EpisodeSampler(images, ways, shots, queries, seed)
+    # All indices first, images chunk by chunk: the episodes depend on the seed alone, not on `batch`.
+    classes, picked = sampler.draw(episodes)
     was_training = task.training
     task.eval()
-    accuracies = torch.cat([task.accuracy(sampler.sample(min(batch, episodes - done)))
-                            for done in range(0, episodes, batch)])
+    accuracies = torch.cat([task.accuracy(sampler.gather(classes[i:i + batch], picked[i:i + batch]))
+                            for i in range(0, episodes, batch)])
     task.train(was_training)
     mean, std = accuracies.mean().item(), accuracies.std().item() if episodes > 1 else 0.0
     return {"acc": 100 * mean, "ci95": 100 * 1.96 * std / math.sqrt(episodes), "episodes": episodes}
+
+
+def select_T(task, images: torch.Tensor, candidates, **episodes) -> dict[int, float]:
+    """Sets task.T to the candidate with the best accuracy on `images` (meta-validation), as the paper
+    re-selects the number of inner steps for testing; returns every candidate's accuracy."""
+    scores = {}
+    for T in candidates:
+        task.T = T
+        scores[T] = evaluate(task, images, **episodes)["acc"]
+    task.T = max(scores, key=scores.get)
+    log.info("inner steps re-selected on meta-validation: T=%d (%s)", task.T,
+             ", ".join(f"T={T}: {acc:.2f}%" for T, acc in scores.items()))
+    return scores
 
 
 def evaluate_checkpoint(path: str, overrides: list[str], run_dir: Path) -> dict:
@@ -46,19 +61,22 @@ def evaluate_checkpoint(path: str, overrides: list[str], run_dir: Path) -> dict:
     check_config(cfg)
     device = resolve_device(cfg.device)
     splits = build_data(cfg, device)
-    task = build_task(cfg, in_channels=splits["test"].shape[2]).to(device)
+    task = build_task(cfg, splits["train"]).to(device)
     try:
         task.load_state_dict(state["task"])
     except RuntimeError as error:
         raise UserError(f"checkpoint {path} does not fit the config's backbone/inner settings: "
                         f"{str(error).splitlines()[0]}") from None
     ep, tr = cfg.task, cfg.trainer
-    test = evaluate(task, splits["test"], ep.ways, ep.shots, ep.queries, tr.test_episodes, tr.eval_seed, tr.eval_batch)
+    protocol = dict(ways=ep.ways, shots=ep.shots, queries=ep.queries, seed=tr.eval_seed, batch=tr.eval_batch)
+    if tr.select_T:
+        select_T(task, splits["val"], tr.select_T, episodes=tr.val_episodes, **protocol)
+    test = evaluate(task, splits["test"], episodes=tr.test_episodes, **protocol)
     summary = {"test_acc": test["acc"], "test_ci95": test["ci95"], "test_episodes": test["episodes"],
-               "ways": ep.ways, "shots": ep.shots, "T": cfg.hypergrad.T, "checkpoint": str(Path(path).resolve()),
-               "checkpoint_step": state.get("step")}
+               "test_T": task.T, "ways": ep.ways, "shots": ep.shots, "T": cfg.hypergrad.T,
+               "checkpoint": str(Path(path).resolve()), "checkpoint_step": state.get("step")}
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(f"test accuracy {test['acc']:.2f} ± {test['ci95']:.2f}% over {test['episodes']} episodes "
-             f"({ep.ways}-way {ep.shots}-shot, T={cfg.hypergrad.T})")
+             f"({ep.ways}-way {ep.shots}-shot, T={task.T})")
     return summary

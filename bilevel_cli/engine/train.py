@@ -16,7 +16,7 @@ from bilevel_cli.data.episodes import EpisodeSampler
 from bilevel_cli.engine import checkpoint
 from bilevel_cli.engine.build import build_data, build_task
 from bilevel_cli.engine.config import check_config, resolve_device
-from bilevel_cli.engine.evaluate import evaluate
+from bilevel_cli.engine.evaluate import evaluate, select_T
 from bilevel_cli.engine.loggers import JsonlLogger, WandbLogger
 
 log = logging.getLogger(__name__)
@@ -28,11 +28,11 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     splits = build_data(cfg, device)
-    task = build_task(cfg, in_channels=splits["train"].shape[2]).to(device)
+    task = build_task(cfg, splits["train"]).to(device)
     ep, tr = cfg.task, cfg.trainer
     sampler = EpisodeSampler(splits["train"], ep.ways, ep.shots, ep.queries, seed=cfg.seed)
-    score = partial(evaluate, task, ways=ep.ways, shots=ep.shots, queries=ep.queries, seed=tr.eval_seed,
-                    batch=tr.eval_batch)
+    protocol = dict(ways=ep.ways, shots=ep.shots, queries=ep.queries, seed=tr.eval_seed, batch=tr.eval_batch)
+    score = partial(evaluate, task, **protocol)
     optimizer = instantiate(cfg.outer.optimizer)(task.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 / (1 + cfg.outer.decay * k))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -41,7 +41,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     if cfg.logger.name == "wandb":
         loggers.append(WandbLogger(run_dir, config, cfg.logger.project, cfg.logger.mode,
                                    cfg.logger.group or sweep, cfg.logger.name_run or run_dir.name, cfg.logger.tags))
-    log.info(f"{ep.ways}-way {ep.shots}-shot, T={cfg.hypergrad.T} ({cfg.hypergrad.method}), "
+    method = cfg.hypergrad.method if cfg.task.name == "hyper_representation" else None
+    log.info(f"{cfg.task.name}, {ep.ways}-way {ep.shots}-shot, T={cfg.hypergrad.T}, hypergradient {method}, "
              f"{sum(p.numel() for p in task.parameters())} outer variables, on {device}; run dir {run_dir}")
 
     best = {"val_acc": -1.0, "step": 0}
@@ -53,7 +54,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
         for step in bar:
             logging_step = step % tr.log_every == 0 or step == tr.steps
             optimizer.zero_grad(set_to_none=True)
-            loss, accuracy = task.hyperstep(sampler.sample(ep.meta_batch), with_accuracy=logging_step)
+            loss, accuracy = task.training_step(sampler.sample(ep.meta_batch), with_accuracy=logging_step)
             window_loss += loss  # stays on the device: no sync until the next log line
             window_steps += 1
             metrics = {"step": step}
@@ -86,13 +87,18 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
                 for logger in loggers:
                     logger.log(metrics)
                 bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("outer_loss", "train_acc", "val_acc") if k in metrics})
+            if "val_acc" in metrics and tr.patience and step - best["step"] >= tr.patience * tr.val_every:
+                log.info(f"early stop at step {step}: no better validation in the last {tr.patience}")
+                break
 
     task.load_state_dict(checkpoint.load(run_dir / "best.pt", device)["task"])
+    if tr.select_T:
+        select_T(task, splits["val"], tr.select_T, episodes=tr.val_episodes, **protocol)
     test = score(splits["test"], episodes=tr.test_episodes)
     summary = {"test_acc": test["acc"], "test_ci95": test["ci95"], "test_episodes": test["episodes"],
-               "best_val_acc": best["val_acc"], "best_step": best["step"], "ways": ep.ways, "shots": ep.shots,
-               "T": cfg.hypergrad.T, "method": cfg.hypergrad.method, "steps": tr.steps, "seed": cfg.seed,
-               "device": str(device), "wall_time_s": time.perf_counter() - start}
+               "best_val_acc": best["val_acc"], "best_step": best["step"], "last_step": step, "ways": ep.ways,
+               "shots": ep.shots, "task": cfg.task.name, "method": method, "T": cfg.hypergrad.T, "test_T": task.T, "steps": tr.steps,
+               "seed": cfg.seed, "device": str(device), "wall_time_s": time.perf_counter() - start}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for logger in loggers:
         logger.finish(summary)

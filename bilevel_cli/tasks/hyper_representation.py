@@ -53,7 +53,7 @@ class HyperRepresentation(nn.Module):
         dtype = next(self.backbone.parameters()).dtype
         return self.backbone(episodes.images.to(dtype) / 255, episodes.segments)
 
-    def hyperstep(self, episodes: Episodes, with_accuracy: bool = False):
+    def training_step(self, episodes: Episodes, with_accuracy: bool = False):
         """Outer loss of a meta-batch; leaves its hypergradient in the .grad of the outer variables.
         Returns (loss, per-episode query accuracy or None); accuracy costs T extra head steps."""
         features = self.features(episodes)

@@ -29,6 +29,7 @@ def test_labels_name_distinct_classes_and_support_and_query_are_disjoint():
         for c, label in zip(classes[b].tolist(), labels[b].tolist()):
             assert class_of_label.setdefault(label, c) == c  # one class per label
         assert len(set(class_of_label.values())) == 5  # N distinct classes
+        assert episodes.classes[b].tolist() == [class_of_label[k] for k in range(5)]
         drawn = list(zip(classes[b].tolist(), index[b].tolist()))
         assert len(set(drawn)) == len(drawn)  # no image twice, so support and query are disjoint
 

@@ -38,7 +38,7 @@ def _reference_loss(task, episodes, lr):
 def test_hypergradient_reaches_the_backbone_and_the_inner_lr_exactly(episodes):
     """The features-as-hparams path gives the gradient of the whole unrolled objective."""
     task = _task()
-    loss, _ = task.hyperstep(episodes)
+    loss, _ = task.training_step(episodes)
     ours = {name: p.grad.clone() for name, p in task.named_parameters()}
     task.zero_grad()
     reference = _reference_loss(task, episodes, task.inner_lr)
@@ -53,13 +53,13 @@ def test_hypergradient_reaches_the_backbone_and_the_inner_lr_exactly(episodes):
 def test_a_fixed_inner_lr_is_not_an_outer_variable(episodes):
     task = _task(learn_lr=False)
     assert "inner_lr" not in dict(task.named_parameters())
-    task.hyperstep(episodes)
+    task.training_step(episodes)
     assert all(p.grad is not None for p in task.parameters())
 
 
 def test_accuracy_is_per_episode_and_matches_the_training_path(episodes):
     task = _task()
-    _, during_training = task.hyperstep(episodes, with_accuracy=True)
+    _, during_training = task.training_step(episodes, with_accuracy=True)
     accuracy = task.accuracy(episodes)
     assert accuracy.shape == (3,) and ((accuracy >= 0) & (accuracy <= 1)).all()
     torch.testing.assert_close(accuracy, during_training)
@@ -71,7 +71,7 @@ def test_outer_steps_lower_the_outer_loss(episodes):
     losses = []
     for _ in range(15):
         optimizer.zero_grad()
-        losses.append(task.hyperstep(episodes)[0].item())
+        losses.append(task.training_step(episodes)[0].item())
         optimizer.step()
     assert losses[-1] < 0.7 * losses[0]
 
@@ -80,5 +80,5 @@ def test_outer_steps_lower_the_outer_loss(episodes):
 def test_other_inner_optimizers_train(episodes, inner):
     torch.manual_seed(0)
     task = HyperRepresentation(Conv4(channels=4), WAYS, T, inner=inner, inner_lr=0.1).double()
-    loss, _ = task.hyperstep(episodes)
+    loss, _ = task.training_step(episodes)
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in task.parameters())
