@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bilevel_cli.models.batchnorm import EpisodeBatchNorm2d
+from bilevel_cli.models.batchnorm import EpisodeBackbone, EpisodeBatchNorm2d
 
 
-class Conv4(nn.Module):
+class Conv4(EpisodeBackbone):
     def __init__(self, in_channels: int = 1, channels: int = 64, pool: bool = False, norm: str = "episode"):
         super().__init__()
         self.pool = pool
@@ -20,14 +20,9 @@ class Conv4(nn.Module):
             nn.Conv2d(a, b, 3, stride=1 if pool else 2, padding=1) for a, b in zip(widths, widths[1:]))
         self.norms = nn.ModuleList(EpisodeBatchNorm2d(channels, norm) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, segments: tuple[int, ...] | None = None) -> torch.Tensor:
-        """x: (G, n, C, H, W) images of G groups (episodes) → (G, n, features).
-        `segments` splits each group's n images into parts normalized separately (default: one part)."""
-        groups, n = x.shape[:2]
-        segments = segments or (n,)
-        h = x.transpose(0, 1).flatten(0, 1)  # image-major, the layout EpisodeBatchNorm2d wants
+    def embed(self, h: torch.Tensor) -> torch.Tensor:
         for conv, norm in zip(self.convs, self.norms):
-            h = F.relu(norm(conv(h), groups, segments))
+            h = F.relu(norm(conv(h)))
             if self.pool:
                 h = F.max_pool2d(h, 2)
-        return h.reshape(n, groups, -1).transpose(0, 1)
+        return h.flatten(1)  # the paper's features are the flattened maps, no global pooling
