@@ -106,6 +106,13 @@ def test_bad_input_is_one_line_and_exit_2(bilevel, tmp_path, args, message):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_missing_data_set_says_where_it_was_looked_for_and_how_to_get_it(bilevel, tmp_path):
+    done = bilevel("train", *TINY, "data=omniglot", f"data.root={tmp_path / 'nowhere'}", check=False)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(f"bilevel: error: Omniglot not found: looked for {tmp_path / 'nowhere'}")
+    assert "data.download=true" in done.stderr
+
+
 def test_eval_of_a_missing_checkpoint_says_where_it_looked(bilevel, tmp_path):
     done = bilevel("eval", "checkpoint=nowhere/best.pt", check=False)
     assert done.returncode == 2 and done.stderr.startswith("bilevel: error: checkpoint not found: nowhere/best.pt")

@@ -10,13 +10,13 @@ turns of each character then become classes of their own split: 2940 / 244 / 792
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from HersheyFonts import HersheyFonts
 from torch.nn.utils.rnn import pad_sequence
 
+from bilevel_cli.data import cache
 from bilevel_cli.data.rotations import with_rotations
 
 DRAWERS = 20
@@ -29,22 +29,10 @@ _BATCH_IMAGES = 40
 def load_glyphs(root: str | os.PathLike, seed: int = 0) -> dict[str, torch.Tensor]:
     """Glyph characters split into meta-train/val/test; cached as a .pt file under root."""
     path = Path(root) / "glyphs" / f"glyphs-v1-seed{seed}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # a truncated or corrupt cache is simply rebuilt
-            pass
-    splits = _render_splits(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so that an interrupted run never leaves a half-written cache behind.
-    fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(splits, file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    splits = cache.load(path)  # None when missing, truncated or corrupt: rendered again
+    if splits is None:
+        splits = _render_splits(seed)
+        cache.save(splits, path)
     return splits
 
 

@@ -10,7 +10,9 @@ from bilevel_cli.tasks import HyperRepresentation, JointTraining
 
 def build_data(cfg: DictConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """The data set's splits as uint8 image stores (classes, per_class, C, H, W) on `device`."""
-    return {split: images.to(device) for split, images in instantiate(cfg.data).items()}
+    # Built partial and called here: instantiate would wrap the loader's UserError (a one-line message).
+    load = instantiate(cfg.data, _partial_=True)
+    return {split: images.to(device) for split, images in load().items()}
 
 
 def build_task(cfg: DictConfig, train_images: torch.Tensor) -> nn.Module:
