@@ -10,12 +10,19 @@ tensors that require grad. `grads` has the keys of `hparams`. Nothing here keeps
 config, or logs.
 
 `step` may be called under `torch.no_grad()` (for the steps a method does not differentiate through);
-the inner optimizers of `bilevel_cli.core.optimizers` handle that.
+the inner optimizers of `bilevel_cli.core.optimizers` handle that. `forward`, `checkpointed` and the
+implicit methods call it on states whose tensors are fresh autograd leaves (requires_grad, no history).
+
+Three families: back-propagation through the unrolled steps (`reverse`, `truncated`, `first_order`,
+`checkpointed`), forward propagation of tangents (`forward`), and the implicit function theorem at
+w_T (`fixed_point`, `neumann`, `cg`).
 """
 
+import math
 from typing import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 Tensors = dict[str, torch.Tensor]
 Step = Callable[[Tensors, Tensors, int], Tensors]
@@ -44,7 +51,89 @@ def first_order(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors
     return truncated(step, outer_loss, w0, hparams, T, K=0)
 
 
-METHODS = {"reverse": reverse, "truncated": truncated, "first_order": first_order}
+def checkpointed(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int,
+                 segment: int | None = None):
+    """Exact reverse mode with checkpointing (Griewank & Walther 2000): a first pass without graph keeps
+    only the state at the start of every `segment` steps (default ⌈√T⌉); the backward sweep then
+    recomputes the segments, last first, each from its checkpoint and with its graph, and back-propagates
+    the adjoint of the segment's end state through it. Time: 2T steps (T without graph, T with) and the
+    backward passes of `reverse`; memory: ⌈T/segment⌉ states plus the graph of one segment, so ∝ √T at
+    the default instead of ∝ T."""
+    segment = max(1, math.ceil(math.sqrt(T))) if segment is None else segment
+    if segment < 1:
+        raise ValueError(f"checkpointed: segment must be >= 1, got segment={segment}")
+    starts = range(0, T, segment)
+    checkpoints, w = [], w0
+    with torch.no_grad():
+        for s in starts:
+            checkpoints.append(w)
+            w = unroll(step, w, hparams, min(s + segment, T), start=s)
+    value, adjoint, grads = _outer_gradients(outer_loss, w, hparams)
+    for s, w_s in zip(reversed(starts), reversed(checkpoints)):
+        w_s = _leaves(w_s)
+        w_end = unroll(step, w_s, hparams, min(s + segment, T), start=s)
+        vjp = _vjp(w_end, adjoint, [*w_s.values(), *hparams.values()])
+        adjoint = dict(zip(w_s, vjp[:len(w_s)]))
+        grads = {k: g + d for (k, g), d in zip(grads.items(), vjp[len(w_s):])}
+    return value, grads
+
+
+def forward(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int):
+    """Forward-mode hypergradient (Forward-HG, Franceschi et al. 2017): for each scalar coordinate λ_i of
+    the hyperparameters it carries the tangent Z_t = dw_t/dλ_i through the steps,
+    Z_{t+1} = (∂Φ_t/∂w) Z_t + ∂Φ_t/∂λ_i, as forward-mode dual tensors, and reads
+    dE/dλ_i = (∂E/∂w_T) Z_T + ∂E/∂λ_i as the tangent of E. Time: one pass of the T steps per scalar
+    hyperparameter (∝ T·dim λ); memory: one state, its tangent and one step's graph, whatever T. Suited
+    to long horizons and few hyperparameters."""
+    grads, value = {}, None
+    for key, h in hparams.items():
+        flat = torch.zeros(h.numel(), dtype=h.dtype, device=h.device)
+        for i in range(h.numel()):
+            tangent = torch.zeros_like(flat)
+            tangent[i] = 1.0
+            value, flat[i] = _directional_derivative(step, outer_loss, w0, hparams, T, key,
+                                                     tangent.view(h.shape))
+        grads[key] = flat.view(h.shape)
+    if value is None:  # not one scalar hyperparameter: nothing to propagate, E alone
+        with torch.no_grad():
+            value = outer_loss(unroll(step, w0, hparams, T), hparams)
+    return value, grads
+
+
+def fixed_point(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int,
+                iterations: int = 100, tol: float = 1e-10):
+    """Implicit hypergradient at w_T by fixed-point iteration (Pineda 1987; Almeida 1987): treats the
+    dynamics as a fixed point w = Φ(w, λ) (Φ the step that would come next, t = T) and solves
+    v = (∂Φ/∂w)ᵀv + ∂E/∂w by iterating that map from v = ∂E/∂w, stopping after `iterations` updates or
+    when one changes v by at most `tol`·‖v‖; then dE/dλ = ∂E/∂λ + (∂Φ/∂λ)ᵀv. Converges when ∂Φ/∂w is a
+    contraction. Time: T steps without graph, one step with, one vector-Jacobian product per iteration;
+    memory: one step's graph, whatever T."""
+    _check_iterative(iterations, tol)
+    return _implicit(step, outer_loss, w0, hparams, T, lambda jt, g: _iterate(jt, g, iterations, tol))
+
+
+def neumann(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int, iterations: int = 20):
+    """Implicit hypergradient at w_T with v truncated to the Neumann series Σ_{k=0}^{K} ((∂Φ/∂w)ᵀ)^k ∂E/∂w,
+    K = `iterations` (Lorraine et al. 2020): the same sum as `fixed_point` after K updates, with no
+    stopping test. Time: T steps without graph, one with, K vector-Jacobian products; memory: one step's
+    graph, whatever T."""
+    return fixed_point(step, outer_loss, w0, hparams, T, iterations=iterations, tol=0.0)
+
+
+def cg(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int,
+       iterations: int = 100, tol: float = 1e-10):
+    """Implicit hypergradient at w_T with v from conjugate gradient on (I − ∂Φ/∂w)ᵀv = ∂E/∂w (Pedregosa
+    2016; Rajeswaran et al. 2019), from v = 0, for at most `iterations` iterations or until the residual
+    is at most `tol`·‖∂E/∂w‖. Valid when I − ∂Φ/∂w is symmetric positive definite, e.g. Φ a gradient step
+    with a small enough learning rate on a strongly convex inner loss (not with momentum or Adam, whose
+    Jacobian is not symmetric); it then converges in at most dim(w) iterations in exact arithmetic. Time
+    and memory as `fixed_point`."""
+    _check_iterative(iterations, tol)
+    return _implicit(step, outer_loss, w0, hparams, T, lambda jt, g: _conjugate_gradient(jt, g, iterations, tol))
+
+
+METHODS = {"reverse": reverse, "truncated": truncated, "first_order": first_order, "checkpointed": checkpointed,
+           "forward": forward, "fixed_point": fixed_point, "neumann": neumann, "cg": cg}
 
 
 def hypergradient(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int,
@@ -69,7 +158,105 @@ def unroll(step: Step, w: Tensors, hparams: Tensors, T: int, start: int = 0) -> 
 
 
 def _grad(value: torch.Tensor, hparams: Tensors) -> Tensors:
-    if not value.requires_grad:  # e.g. first_order with an outer loss that has no direct term
-        return {k: torch.zeros_like(v) for k, v in hparams.items()}
-    grads = torch.autograd.grad(value, list(hparams.values()), allow_unused=True)
-    return {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(hparams.items(), grads)}
+    return dict(zip(hparams, _vjp({"E": value}, {"E": torch.ones_like(value)}, list(hparams.values()))))
+
+
+def _leaves(w: Tensors) -> Tensors:
+    """Each state tensor as a fresh autograd leaf that keeps its forward-mode tangent, if any: the graph
+    of what follows starts here, and the inner optimizers differentiate at it as it is instead of
+    detaching it (which would drop the tangent)."""
+    out = {}
+    for k, x in w.items():
+        primal, tangent = fwAD.unpack_dual(x)
+        # The dual is made first and marked second: a dual made of a leaf under no_grad is cut from it.
+        out[k] = (primal.detach() if tangent is None else fwAD.make_dual(primal.detach(), tangent)).requires_grad_()
+    return out
+
+
+def _vjp(outputs: Tensors, cotangent: Tensors, inputs: list[torch.Tensor], retain_graph: bool = False):
+    """Σ_k cotangent[k]ᵀ ∂outputs[k]/∂x for each x in inputs, 0 for an input nothing depends on."""
+    # The others are constants, e.g. E under first_order when it has no direct term.
+    keys = [k for k, y in outputs.items() if y.requires_grad]
+    grads = torch.autograd.grad([outputs[k] for k in keys], inputs, [cotangent[k] for k in keys],
+                                retain_graph=retain_graph, allow_unused=True) if keys else [None] * len(inputs)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+
+
+def _outer_gradients(outer_loss: OuterLoss, w: Tensors, hparams: Tensors):
+    """(E(w, λ) detached, ∂E/∂w by key of w, ∂E/∂λ by key of hparams), with w a constant."""
+    w = _leaves(w)
+    value = outer_loss(w, hparams)
+    grads = _vjp({"E": value}, {"E": torch.ones_like(value)}, [*w.values(), *hparams.values()])
+    return value.detach(), dict(zip(w, grads[:len(w)])), dict(zip(hparams, grads[len(w):]))
+
+
+def _directional_derivative(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int,
+                            key: str, tangent: torch.Tensor):
+    """(E(w_T(λ), λ), its derivative along `tangent` in hparams[key]) by forward-mode AD.
+
+    Dual tensors rather than `torch.func.jvp`: the steps call `torch.autograd.grad`, which the torch.func
+    transforms do not allow inside, while forward-mode tangents do propagate through it (forward over
+    reverse). Under no_grad, with a fresh leaf per step, no graph links the steps."""
+    with torch.no_grad(), fwAD.dual_level():
+        h = {k: fwAD.make_dual(v.detach(), tangent) if k == key else v.detach() for k, v in hparams.items()}
+        w = w0
+        for t in range(T):
+            w = step(_leaves(w), h, t)
+        value, derivative = fwAD.unpack_dual(outer_loss(w, h))
+    return value, torch.zeros_like(value) if derivative is None else derivative
+
+
+def _implicit(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int, solve):
+    """∂E/∂λ + (∂Φ/∂λ)ᵀv at w_T, with v = solve(v ↦ (∂Φ/∂w)ᵀv, ∂E/∂w) and Φ = step(·, λ, T)."""
+    with torch.no_grad():
+        w = _leaves(unroll(step, w0, hparams, T))
+    value, dE_dw, direct = _outer_gradients(outer_loss, w, hparams)
+    phi = step(w, hparams, T)
+    v = solve(lambda u: dict(zip(w, _vjp(phi, u, list(w.values()), retain_graph=True))), dE_dw)
+    indirect = _vjp(phi, v, list(hparams.values()))
+    return value, {k: d + i for (k, d), i in zip(direct.items(), indirect)}
+
+
+def _iterate(jt: Callable[[Tensors], Tensors], g: Tensors, iterations: int, tol: float) -> Tensors:
+    """v ← jt(v) + g from v = g; after K updates v = Σ_{k=0}^{K} jt^k(g)."""
+    v = g
+    for _ in range(iterations):
+        new = {k: u + g[k] for k, u in jt(v).items()}
+        change = _norm({k: new[k] - v[k] for k in v})
+        v = new
+        if change <= tol * _norm(v):
+            break
+    return v
+
+
+def _conjugate_gradient(jt: Callable[[Tensors], Tensors], g: Tensors, iterations: int, tol: float) -> Tensors:
+    """Solves v − jt(v) = g by conjugate gradient from v = 0 (the operator must be symmetric positive definite)."""
+    v = {k: torch.zeros_like(x) for k, x in g.items()}
+    r, p = g, g
+    rr, stop = _dot(g, g), tol * _norm(g)
+    for _ in range(iterations):
+        if rr.sqrt() <= stop:  # also ends at r = 0 exactly, before a division by zero
+            break
+        jp = jt(p)
+        ap = {k: p[k] - jp[k] for k in p}
+        alpha = rr / _dot(p, ap)
+        v = {k: v[k] + alpha * p[k] for k in v}
+        r = {k: r[k] - alpha * ap[k] for k in r}
+        rr, rr_old = _dot(r, r), rr
+        p = {k: r[k] + (rr / rr_old) * p[k] for k in p}
+    return v
+
+
+def _check_iterative(iterations: int, tol: float) -> None:
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got iterations={iterations}")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got tol={tol}")
+
+
+def _dot(a: Tensors, b: Tensors) -> torch.Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def _norm(a: Tensors) -> torch.Tensor:
+    return _dot(a, a).sqrt()
