@@ -6,127 +6,11 @@ of the distinct storages held by autograd's saved tensors or by the states `step
 float64.
 """
 
-import weakref
-
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from bilevel_cli.core import gd, hypergradient, momentum
-
-DTYPE = torch.float64
-C = 0.3
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The problems here are tiny, so one intra-op thread is as fast as several, and it does not stall
-    when other processes hold the cores (a thread pool then waits for a busy core at every product)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def scalar(x: float) -> torch.Tensor:
-    return torch.tensor(x, dtype=DTYPE, requires_grad=True)
-
-
-def assert_same(actual: dict, expected: dict, rtol: float) -> None:
-    """Same keys, and ‖actual[k] − expected[k]‖ ≤ rtol·‖expected[k]‖ for every key."""
-    assert list(actual) == list(expected)
-    for k, e in expected.items():
-        err, scale = (actual[k] - e).norm().item(), e.norm().item()
-        assert err <= rtol * scale, f"{k}: error {err:.3e} against norm {scale:.3e}"
-
-
-def ridge_problem(d, opt=gd):
-    """Ridge regression, c (weight decay, also ½c² in E) and η (learning rate) the hyperparameters, w0 = 0;
-    η is well inside the stable range of gd."""
-    def loss(p, h):
-        r = d["X"] @ p["w"] - d["y"]
-        return 0.5 * r @ r
-
-    def outer(w, h):
-        r = d["Xv"] @ w["w"] - d["yv"]
-        return 0.5 * r @ r + 0.5 * h["c"] ** 2
-
-    inner = opt(loss, lr="lr", weight_decay="c")
-    X = d["X"].numpy()
-    eta = 0.3 / (np.linalg.eigvalsh(X.T @ X).max() + C)
-    return inner.step, outer, inner.init({"w": torch.zeros(5, dtype=DTYPE)}), {"c": scalar(C), "lr": scalar(eta)}
-
-
-def ridge_closed_form(d, c: float, eta: float, T: int):
-    """(dE/dc, dE/dη) of T gd steps from w0 = 0 on ridge regression, with A = XᵀX + cI = Q diag(a) Qᵀ,
-    z = QᵀXᵀy, r = 1 − ηa: w_T = Q((1 − r^T)/a·z), dw_T/dc = Q((Tηr^{T−1}a − (1 − r^T))/a²·z),
-    dw_T/dη = Q(Tr^{T−1}·z); E = ½‖X_v w − y_v‖² + ½c²."""
-    X, y, Xv, yv = (d[k].numpy() for k in ("X", "y", "Xv", "yv"))
-    s, Q = np.linalg.eigh(X.T @ X)
-    a, z = s + c, Q.T @ (X.T @ y)
-    r = 1.0 - eta * a
-    g = Xv.T @ (Xv @ (Q @ ((1.0 - r**T) / a * z)) - yv)
-    return (g @ Q @ ((T * eta * r ** (T - 1) * a - (1.0 - r**T)) / a**2 * z) + c,
-            g @ Q @ (T * r ** (T - 1) * z))
-
-
-def representation_problem(d):
-    """λ = (A1, A2), a representation tanh(x A1) A2 under a linear classifier trained by gd; E reads λ
-    directly too."""
-    gen = torch.Generator().manual_seed(2)
-    hparams = {"A1": (0.5 * torch.randn(4, 6, generator=gen, dtype=DTYPE)).requires_grad_(),
-               "A2": (0.5 * torch.randn(6, 5, generator=gen, dtype=DTYPE)).requires_grad_()}
-
-    def features(x, h):
-        return torch.tanh(x @ h["A1"]) @ h["A2"]
-
-    opt = gd(lambda p, h: F.cross_entropy(features(d["X"], h) @ p["W"], d["y"]), lr=0.5)
-
-    def outer(w, h):
-        return F.cross_entropy(features(d["Xv"], h) @ w["W"], d["yv"])
-
-    return opt.step, outer, opt.init({"W": torch.zeros(5, 3, dtype=DTYPE)}), hparams
-
-
-class PeakBytes:
-    """Peak bytes of the distinct storages kept alive by the tensors passed to `track` (a storage counts
-    once, however many tensors share it, from the first tracked tensor until the last one is freed)."""
-
-    def __init__(self):
-        self.holders, self.live, self.peak = {}, 0, 0
-
-    def track(self, x: torch.Tensor) -> torch.Tensor:
-        storage = x.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
-        if not self.holders.get(key):
-            self.live += size
-            self.peak = max(self.peak, self.live)
-        self.holders[key] = self.holders.get(key, 0) + 1
-        weakref.finalize(x, self._release, key, size)
-        return x
-
-    def _release(self, key: int, size: int) -> None:
-        self.holders[key] -= 1
-        if not self.holders[key]:
-            self.live -= size
-
-
-def peak_bytes(method: str, T: int, **options) -> int:
-    """Peak bytes held by autograd's saved tensors and by the states (checkpoints included) of T gd steps
-    on a 50-parameter least squares problem (λ = the weight decay), during one hypergradient call."""
-    gen = torch.Generator().manual_seed(4)
-    X, y = torch.randn(20, 50, generator=gen, dtype=DTYPE), torch.randn(20, generator=gen, dtype=DTYPE)
-    opt = gd(lambda p, h: 0.5 * ((X @ p["w"] - y) ** 2).sum(), lr=1e-3, weight_decay="c")
-    meter = PeakBytes()
-
-    def step(w, h, t):
-        return {k: meter.track(v) for k, v in opt.step(w, h, t).items()}
-
-    with torch.autograd.graph.saved_tensors_hooks(meter.track, lambda x: x):
-        hypergradient(step, lambda w, h: (w["w"] ** 2).sum(), {"w": torch.zeros(50, dtype=DTYPE)},
-                      {"c": scalar(C)}, T, method=method, **options)
-    return meter.peak
+from bilevel_cli.core import hypergradient, momentum
+from problems import C, DTYPE, assert_same, peak_bytes, representation_problem, ridge_closed_form, ridge_problem
 
 
 T_SEGMENTS = 10
@@ -151,7 +35,7 @@ def test_checkpointed_matches_ridge_closed_form(ridge_data, T):
     """c and η in one call, default segment: dE/dc and dE/dη match the spectral closed form to 1e-10."""
     step, outer, w0, hparams = ridge_problem(ridge_data)
     _, grads = hypergradient(step, outer, w0, hparams, T, method="checkpointed")
-    dc, deta = ridge_closed_form(ridge_data, C, hparams["lr"].item(), T)
+    _, dc, deta = ridge_closed_form(ridge_data, C, hparams["lr"].item(), T)
     assert grads["c"].item() == pytest.approx(dc, rel=1e-10)
     assert grads["lr"].item() == pytest.approx(deta, rel=1e-10)
 

@@ -12,25 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+import problems
 from bilevel_cli.core import gd, hypergradient, momentum
+from problems import C, DTYPE
 
-DTYPE = torch.float64
-C = 0.3
 T_CONVERGED = 200  # (1 − ηa_min)^200 ≈ 0.82^200 < 1e-17: w_T = w* to rounding
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The problems here are tiny, so one intra-op thread is as fast as several, and it does not stall
-    when other processes hold the cores (a thread pool then waits for a busy core at every product)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def scalar(x: float) -> torch.Tensor:
-    return torch.tensor(x, dtype=DTYPE, requires_grad=True)
 
 
 def spectrum(d, c: float = C):
@@ -44,19 +30,9 @@ def stable_lr(d) -> float:
 
 
 def ridge_problem(d, opt=gd, direct: bool = False, lr_hparam: bool = False, **settings):
-    """(step, E, w0, hparams): c the weight decay and, with `lr_hparam`, η = `stable_lr` too (else a
-    constant); E = ½‖X_v w − y_v‖², plus ½c² with `direct`."""
-    def loss(p, h):
-        r = d["X"] @ p["w"] - d["y"]
-        return 0.5 * r @ r
-
-    def outer(w, h):
-        r = d["Xv"] @ w["w"] - d["yv"]
-        return 0.5 * r @ r + (0.5 * h["c"] ** 2 if direct else 0.0)
-
-    inner = opt(loss, lr="lr" if lr_hparam else stable_lr(d), weight_decay="c", **settings)
-    hparams = {"c": scalar(C), "lr": scalar(stable_lr(d))} if lr_hparam else {"c": scalar(C)}
-    return inner.step, outer, inner.init({"w": torch.zeros(5, dtype=DTYPE)}), hparams
+    """(step, E, w0, hparams): the shared ridge problem with η = `stable_lr`; c the weight decay and, with
+    `lr_hparam`, η too (else a constant); E = ½‖X_v w − y_v‖², plus ½c² with `direct`."""
+    return problems.ridge_problem(d, opt, lr=stable_lr(d), direct=direct, lr_hparam=lr_hparam, **settings)
 
 
 def ift_dc(d, T: int | None = None, K: int | None = None) -> float:
