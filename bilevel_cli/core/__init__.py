@@ -1,6 +1,8 @@
 """The bilevel mathematics: pure functions on dicts of tensors."""
 
-from bilevel_cli.core.hypergradient import METHODS, hypergradient, unroll
+from bilevel_cli.core.hypergradient import (METHODS, forward_hypergradient, forward_step, hypergradient, tangents,
+                                            unroll)
 from bilevel_cli.core.optimizers import OPTIMIZERS, InnerOptimizer, adam, gd, momentum
 
-__all__ = ["METHODS", "OPTIMIZERS", "InnerOptimizer", "adam", "gd", "hypergradient", "momentum", "unroll"]
+__all__ = ["METHODS", "OPTIMIZERS", "InnerOptimizer", "adam", "forward_hypergradient", "forward_step", "gd",
+           "hypergradient", "momentum", "tangents", "unroll"]

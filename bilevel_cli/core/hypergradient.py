@@ -79,24 +79,58 @@ def checkpointed(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensor
 
 
 def forward(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int):
-    """Forward-mode hypergradient (Forward-HG, Franceschi et al. 2017): for each scalar coordinate λ_i of
-    the hyperparameters it carries the tangent Z_t = dw_t/dλ_i through the steps,
-    Z_{t+1} = (∂Φ_t/∂w) Z_t + ∂Φ_t/∂λ_i, as forward-mode dual tensors, and reads
-    dE/dλ_i = (∂E/∂w_T) Z_T + ∂E/∂λ_i as the tangent of E. Time: one pass of the T steps per scalar
-    hyperparameter (∝ T·dim λ); memory: one state, its tangent and one step's graph, whatever T. Suited
-    to long horizons and few hyperparameters."""
-    grads, value = {}, None
+    """Forward-mode hypergradient (Forward-HG, Franceschi et al. 2017): carries the tangents
+    Z_t = dw_t/dλ through the T steps with `forward_step` and reads dE/dλ = (∂E/∂w_T) Z_T + ∂E/∂λ with
+    `forward_hypergradient`. Time: one pass of the T steps per scalar hyperparameter (∝ T·dim λ); memory:
+    the state, its dim λ tangents and one step's graph, whatever T. Suited to long horizons and few
+    hyperparameters."""
+    w, Z = w0, tangents(w0, hparams)
+    for t in range(T):
+        w, Z = forward_step(step, w, Z, hparams, t)
+    return forward_hypergradient(outer_loss, w, Z, hparams)
+
+
+def tangents(w: Tensors, hparams: Tensors) -> dict[str, Tensors]:
+    """Z_0 = dw_0/dλ = 0: for each hyperparameter key, a (dim λ_key, *shape) tensor per state key."""
+    return {key: {k: x.new_zeros(h.numel(), *x.shape) for k, x in w.items()} for key, h in hparams.items()}
+
+
+def forward_step(step: Step, w: Tensors, Z: dict[str, Tensors], hparams: Tensors, t: int):
+    """(w_{t+1}, Z_{t+1}) with Z_{t+1} = (∂Φ_t/∂w) Z_t + ∂Φ_t/∂λ, one forward-mode pass per scalar
+    coordinate of λ. With real-time hyperparameter optimization (Franceschi et al. 2017, RTHO) λ may
+    change between calls and Z goes on from where it was.
+
+    Dual tensors rather than `torch.func.jvp`: the steps call `torch.autograd.grad`, which the torch.func
+    transforms do not allow inside, while forward-mode tangents do propagate through it (forward over
+    reverse). Under no_grad, with fresh leaves, no graph links the steps."""
+    nxt, out = None, {}
+    with torch.no_grad():
+        for key, h in hparams.items():
+            columns = {k: [] for k in w}
+            for i in range(h.numel()):
+                direction = torch.zeros(h.numel(), dtype=h.dtype, device=h.device)
+                direction[i] = 1.0
+                with fwAD.dual_level():
+                    duals = {k: fwAD.make_dual(v.detach(), direction.view(h.shape)) if k == key else v.detach()
+                             for k, v in hparams.items()}
+                    state = {k: fwAD.make_dual(x.detach(), Z[key][k][i]) for k, x in w.items()}
+                    for k, x in step(_leaves(state), duals, t).items():
+                        primal, tangent = fwAD.unpack_dual(x)
+                        columns[k].append(torch.zeros_like(primal) if tangent is None else tangent)
+                        nxt = {**(nxt or {}), k: primal}
+            out[key] = {k: torch.stack(c) for k, c in columns.items()}
+        if nxt is None:  # not one scalar hyperparameter: nothing to propagate, the step alone
+            nxt = step(w, {k: v.detach() for k, v in hparams.items()}, t)
+    return nxt, out
+
+
+def forward_hypergradient(outer_loss: OuterLoss, w: Tensors, Z: dict[str, Tensors], hparams: Tensors):
+    """(E(w, λ), dE/dλ = (∂E/∂w) Z + ∂E/∂λ) at a state w whose tangents Z = dw/dλ were carried forward."""
+    value, dE_dw, direct = _outer_gradients(outer_loss, w, hparams)
+    grads = {}
     for key, h in hparams.items():
-        flat = torch.zeros(h.numel(), dtype=h.dtype, device=h.device)
-        for i in range(h.numel()):
-            tangent = torch.zeros_like(flat)
-            tangent[i] = 1.0
-            value, flat[i] = _directional_derivative(step, outer_loss, w0, hparams, T, key,
-                                                     tangent.view(h.shape))
-        grads[key] = flat.view(h.shape)
-    if value is None:  # not one scalar hyperparameter: nothing to propagate, E alone
-        with torch.no_grad():
-            value = outer_loss(unroll(step, w0, hparams, T), hparams)
+        indirect = sum((Z[key][k] * dE_dw[k]).flatten(1).sum(1) for k in w) if w else 0.0
+        grads[key] = direct[key] + torch.as_tensor(indirect, dtype=h.dtype, device=h.device).view(h.shape)
     return value, grads
 
 
@@ -188,22 +222,6 @@ def _outer_gradients(outer_loss: OuterLoss, w: Tensors, hparams: Tensors):
     value = outer_loss(w, hparams)
     grads = _vjp({"E": value}, {"E": torch.ones_like(value)}, [*w.values(), *hparams.values()])
     return value.detach(), dict(zip(w, grads[:len(w)])), dict(zip(hparams, grads[len(w):]))
-
-
-def _directional_derivative(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int,
-                            key: str, tangent: torch.Tensor):
-    """(E(w_T(λ), λ), its derivative along `tangent` in hparams[key]) by forward-mode AD.
-
-    Dual tensors rather than `torch.func.jvp`: the steps call `torch.autograd.grad`, which the torch.func
-    transforms do not allow inside, while forward-mode tangents do propagate through it (forward over
-    reverse). Under no_grad, with a fresh leaf per step, no graph links the steps."""
-    with torch.no_grad(), fwAD.dual_level():
-        h = {k: fwAD.make_dual(v.detach(), tangent) if k == key else v.detach() for k, v in hparams.items()}
-        w = w0
-        for t in range(T):
-            w = step(_leaves(w), h, t)
-        value, derivative = fwAD.unpack_dual(outer_loss(w, h))
-    return value, torch.zeros_like(value) if derivative is None else derivative
 
 
 def _implicit(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int, solve):

@@ -4,9 +4,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bilevel_cli.core import METHODS, OPTIMIZERS
+from bilevel_cli.engine.build import BUILDERS
 from bilevel_cli.errors import UserError
 from bilevel_cli.models.batchnorm import NORMS
-from bilevel_cli.tasks import TASKS
 
 # key: the smallest value allowed
 INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.queries": 1, "task.meta_batch": 1,
@@ -14,14 +14,17 @@ INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.
             "trainer.test_episodes": 1, "trainer.eval_batch": 1}
 # key: whether zero is allowed
 NUMBERS = {"inner.lr": False, "outer.optimizer.lr": False, "outer.decay": True}
-CHOICES = {"task.name": TASKS, "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS}
+CHOICES = {"task.name": tuple(BUILDERS), "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS}
 # Hydra instantiates `_target_`s from the config: only classes and functions of this project and of torch.
 TRUSTED_TARGETS = ("bilevel_cli.", "torch.")
+ABSENT = object()
 
 
 def check_config(cfg: DictConfig) -> None:
     for key, minimum in INTEGERS.items():
-        value = OmegaConf.select(cfg, key)
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is ABSENT:  # a key of another task's config group
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise UserError(f"{key} must be an integer >= {minimum}, got {value!r} (e.g. {key}={max(minimum, 5)})")
     for key, zero_ok in NUMBERS.items():
@@ -33,7 +36,9 @@ def check_config(cfg: DictConfig) -> None:
         if value is not None and value not in choices:
             raise UserError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
     for key in ("data", "backbone", "outer.optimizer"):
-        target = OmegaConf.select(cfg, f"{key}._target_")
+        target = OmegaConf.select(cfg, f"{key}._target_", default=ABSENT)
+        if key == "backbone" and target is ABSENT:  # tasks without a backbone
+            continue
         if not isinstance(target, str) or not target.startswith(TRUSTED_TARGETS):
             raise UserError(f"{key}._target_ {target!r} is not allowed: only bilevel_cli.* and torch.* may be "
                             "instantiated from a config")

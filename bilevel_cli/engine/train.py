@@ -1,9 +1,8 @@
-"""The outer loop of Algorithm 1: sample a meta-batch, take its hypergradient, step; validate; test the best."""
+"""The outer loop of Algorithm 1, for every task: a hyper-iteration, an outer step; validate; test the best."""
 
 import json
 import logging
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,27 +11,21 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from bilevel_cli.data.episodes import EpisodeSampler
 from bilevel_cli.engine import checkpoint
 from bilevel_cli.engine.build import build_data, build_task
 from bilevel_cli.engine.config import check_config, resolve_device
-from bilevel_cli.engine.evaluate import evaluate, select_T
 from bilevel_cli.engine.loggers import JsonlLogger, WandbLogger
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
-    """Train the outer variables, keep the best by meta-validation accuracy, test it; returns the summary."""
+    """Train the outer variables, keep the best by validation accuracy, test it; returns the summary."""
     check_config(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    splits = build_data(cfg, device)
-    task = build_task(cfg, splits["train"]).to(device)
-    ep, tr = cfg.task, cfg.trainer
-    sampler = EpisodeSampler(splits["train"], ep.ways, ep.shots, ep.queries, seed=cfg.seed)
-    protocol = dict(ways=ep.ways, shots=ep.shots, queries=ep.queries, seed=tr.eval_seed, batch=tr.eval_batch)
-    score = partial(evaluate, task, **protocol)
+    task = build_task(cfg, build_data(cfg, device))
+    tr = cfg.trainer
     optimizer = instantiate(cfg.outer.optimizer)(task.parameters())
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 / (1 + cfg.outer.decay * k))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -41,8 +34,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     if cfg.logger.name == "wandb":
         loggers.append(WandbLogger(run_dir, config, cfg.logger.project, cfg.logger.mode,
                                    cfg.logger.group or sweep, cfg.logger.name_run or run_dir.name, cfg.logger.tags))
-    method = cfg.hypergrad.method if cfg.task.name == "hyper_representation" else None
-    log.info(f"{cfg.task.name}, {ep.ways}-way {ep.shots}-shot, T={cfg.hypergrad.T}, hypergradient {method}, "
+    method = cfg.hypergrad.method if cfg.task.name != "joint_training" else None
+    log.info(f"{cfg.task.name}, T={cfg.hypergrad.T}, hypergradient {method}, "
              f"{sum(p.numel() for p in task.parameters())} outer variables, on {device}; run dir {run_dir}")
 
     best = {"val_acc": -1.0, "step": 0}
@@ -54,35 +47,35 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
         for step in bar:
             logging_step = step % tr.log_every == 0 or step == tr.steps
             optimizer.zero_grad(set_to_none=True)
-            loss, accuracy = task.training_step(sampler.sample(ep.meta_batch), with_accuracy=logging_step)
+            loss, task_metrics = task.hyper_iteration(with_metrics=logging_step)
             window_loss += loss  # stays on the device: no sync until the next log line
             window_steps += 1
             metrics = {"step": step}
             if logging_step:
                 now = time.perf_counter()
-                metrics.update(outer_loss=(window_loss / window_steps).item(),
-                               train_acc=100 * accuracy.mean().item(), hypergrad_norm=_grad_norm(task),
-                               outer_lr=schedule.get_last_lr()[0],
-                               episodes_per_s=window_steps * ep.meta_batch / (now - window_start),
-                               wall_time=now - start)
-                if isinstance(task.inner_lr, torch.nn.Parameter):
-                    metrics["inner_lr"] = task.inner_lr.item()
+                seconds = (now - window_start) / window_steps
+                metrics.update(outer_loss=(window_loss / window_steps).item(), **task_metrics,
+                               hypergrad_norm=_grad_norm(task), outer_lr=schedule.get_last_lr()[0],
+                               s_per_iteration=seconds, wall_time=now - start)
+                if task.episodes_per_iteration:
+                    metrics["episodes_per_s"] = task.episodes_per_iteration / seconds
                 window_loss.zero_()
                 window_steps, window_start = 0, now
             optimizer.step()
             schedule.step()
+            task.constrain()
             if step % tr.val_every == 0 or step == tr.steps:
-                val = score(splits["val"], episodes=tr.val_episodes)
-                metrics.update(val_acc=val["acc"], val_ci95=val["ci95"], wall_time=time.perf_counter() - start)
-                state = {"task": task.state_dict(), "config": config, "step": step, "val_acc": val["acc"]}
-                if val["acc"] > best["val_acc"]:
-                    best = {"val_acc": val["acc"], "step": step}
+                val = task.validate()
+                metrics.update(val, wall_time=time.perf_counter() - start)
+                state = {"task": task.state_dict(), "config": config, "step": step, "val_acc": val["val_acc"]}
+                if val["val_acc"] > best["val_acc"]:
+                    best = {"val_acc": val["val_acc"], "step": step}
                     checkpoint.save(run_dir / "best.pt", state)
                 checkpoint.save(run_dir / "last.pt", {**state, "optimizer": optimizer.state_dict(),
                                                       "schedule": schedule.state_dict(), "best": best})
-                log.info(f"step {step}: val {val['acc']:.2f} ± {val['ci95']:.2f}% (best {best['val_acc']:.2f} "
-                         f"at step {best['step']})")
-                window_start = time.perf_counter()  # episodes/s measures training alone
+                log.info(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items())
+                         + f" (best val_acc {best['val_acc']:.2f} at step {best['step']})")
+                window_start = time.perf_counter()  # the rates measure training alone
             if len(metrics) > 1:
                 for logger in loggers:
                     logger.log(metrics)
@@ -92,21 +85,25 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
                 break
 
     task.load_state_dict(checkpoint.load(run_dir / "best.pt", device)["task"])
-    if tr.select_T:
-        select_T(task, splits["val"], tr.select_T, episodes=tr.val_episodes, **protocol)
-    test = score(splits["test"], episodes=tr.test_episodes)
-    summary = {"test_acc": test["acc"], "test_ci95": test["ci95"], "test_episodes": test["episodes"],
-               "best_val_acc": best["val_acc"], "best_step": best["step"], "last_step": step, "ways": ep.ways,
-               "shots": ep.shots, "task": cfg.task.name, "method": method, "T": cfg.hypergrad.T, "test_T": task.T, "steps": tr.steps,
-               "seed": cfg.seed, "device": str(device), "wall_time_s": time.perf_counter() - start}
+    test = task.test()
+    summary = {**test, "best_val_acc": best["val_acc"], "best_step": best["step"], "last_step": step,
+               "task": cfg.task.name, "method": method, "T": cfg.hypergrad.T, "steps": tr.steps, "seed": cfg.seed,
+               "device": str(device), "wall_time_s": time.perf_counter() - start}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for logger in loggers:
         logger.finish(summary)
-    log.info(f"test accuracy {test['acc']:.2f} ± {test['ci95']:.2f}% over {test['episodes']} episodes "
-             f"({ep.ways}-way {ep.shots}-shot, best val {best['val_acc']:.2f}% at step {best['step']})")
+    log.info(f"{describe(test)} (best val_acc {best['val_acc']:.2f} at step {best['step']})")
     return summary
 
 
+def describe(test: dict) -> str:
+    """The test result in one line: accuracy ± CI first, then the task's other figures."""
+    ci = f" ± {test['test_ci95']:.2f}" if "test_ci95" in test else ""
+    rest = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in test.items()
+            if k not in ("test_acc", "test_ci95")]
+    return f"test accuracy {test['test_acc']:.2f}{ci}% ({', '.join(rest)})"
+
+
 def _grad_norm(module: torch.nn.Module) -> float:
-    return torch.linalg.vector_norm(
-        torch.stack([p.grad.norm() for p in module.parameters() if p.grad is not None])).item()
+    grads = [p.grad.norm() for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(grads)).item() if grads else 0.0

@@ -1,11 +1,8 @@
-"""Bilevel problems: how a batch becomes (step, outer_loss, w0, hparams) and how a trained outer state is evaluated.
+"""Bilevel problems, one file each: how a batch becomes the core's (step, outer_loss, w0, hparams), and how a
+trained outer state is scored. Every task is a `Task` (base.py), the interface the engine's loop drives."""
 
-Every task has `training_step(episodes, with_accuracy) -> (loss, accuracy)`, which leaves the gradient of the
-outer variables in their .grad, and `accuracy(episodes)`, the per-episode test accuracy."""
-
+from bilevel_cli.tasks.base import Task
 from bilevel_cli.tasks.hyper_representation import HyperRepresentation
 from bilevel_cli.tasks.joint_training import JointTraining
 
-TASKS = ("hyper_representation", "joint_training")
-
-__all__ = ["TASKS", "HyperRepresentation", "JointTraining"]
+__all__ = ["HyperRepresentation", "JointTraining", "Task"]

@@ -16,14 +16,17 @@ from torch import nn
 
 from bilevel_cli.core import OPTIMIZERS, hypergradient, unroll
 from bilevel_cli.data.episodes import Episodes
+from bilevel_cli.tasks.base import Task
+from bilevel_cli.tasks.episodic import EpisodeProtocol
 
 
-class HyperRepresentation(nn.Module):
+class HyperRepresentation(Task):
     def __init__(self, backbone: nn.Module, ways: int, T: int, method: str = "reverse",
                  method_options: dict | None = None, inner: str = "gd", inner_lr: float = 0.1,
-                 learn_lr: bool = True, inner_options: dict | None = None):
+                 learn_lr: bool = True, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None):
         super().__init__()
-        self.backbone, self.ways, self.T = backbone, ways, T
+        self.backbone, self.ways, self.T, self.protocol = backbone, ways, T, protocol
+        self.episodes_per_iteration = protocol.meta_batch if protocol else None
         self.method, self.method_options = method, dict(method_options or {})
         self.inner, self.inner_options = inner, dict(inner_options or {})
         # A learned rate is an outer variable (an entry of hparams); a fixed one stays a number.
@@ -48,6 +51,27 @@ class HyperRepresentation(nn.Module):
         w0 = optimizer.init({"W": features.new_zeros(batch, dim, self.ways), "b": features.new_zeros(batch, self.ways)})
         hparams = {"features": features, **({"lr": self.inner_lr} if learned else {})}
         return optimizer.step, outer_loss, w0, hparams
+
+    def hyper_iteration(self, with_metrics: bool):
+        loss, accuracy = self.training_step(self.protocol.sampler.sample(self.protocol.meta_batch), with_metrics)
+        if not with_metrics:
+            return loss, None
+        metrics = {"train_acc": 100 * accuracy.mean().item()}
+        if isinstance(self.inner_lr, nn.Parameter):
+            metrics["inner_lr"] = self.inner_lr.item()
+        return loss, metrics
+
+    def validate(self) -> dict[str, float]:
+        val = self.protocol.evaluate(self, "val", self.protocol.val_episodes)
+        return {"val_acc": val["acc"], "val_ci95": val["ci95"]}
+
+    def test(self) -> dict:
+        """Test accuracy ± 95% CI over the test episodes, after re-selecting T on meta-validation if asked."""
+        p = self.protocol
+        p.reselect_T(self)
+        test = p.evaluate(self, "test", p.test_episodes)
+        return {"test_acc": test["acc"], "test_ci95": test["ci95"], "test_episodes": test["episodes"],
+                "test_T": self.T, "ways": p.ways, "shots": p.shots}
 
     def features(self, episodes: Episodes) -> torch.Tensor:
         dtype = next(self.backbone.parameters()).dtype

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bilevel_cli.core import adam, gd, hypergradient, momentum
+from bilevel_cli.core import adam, forward_hypergradient, forward_step, gd, hypergradient, momentum, tangents
 from problems import (C, DTYPE, assert_same, peak_bytes, representation_problem, ridge_closed_form, ridge_lr,
                       ridge_problem)
 
@@ -84,8 +84,8 @@ def test_forward_memory_does_not_grow_with_T():
 
 
 def test_forward_runs_one_pass_per_scalar_hyperparameter(ridge_data):
-    """The cost model: with c, η and a 2×3 tensor (8 scalars), `step` runs T = 4 times in order, t = 0..3,
-    once per scalar (tangent direction)."""
+    """The cost model: with c, η and a 2×3 tensor (8 scalars), each of the T = 4 steps runs once per scalar
+    (tangent direction), in order t = 0..3, so that the tangents of all scalars advance together."""
     step, outer, w0, hparams = ridge_problem(ridge_data)
     hparams["unused"] = torch.ones(2, 3, dtype=DTYPE, requires_grad=True)
     seen = []
@@ -95,7 +95,7 @@ def test_forward_runs_one_pass_per_scalar_hyperparameter(ridge_data):
         return step(w, h, t)
 
     hypergradient(counting_step, outer, w0, hparams, 4, method="forward")
-    assert seen == [0, 1, 2, 3] * 8
+    assert seen == [t for t in range(4) for _ in range(8)]
 
 
 def test_forward_grads_keys_shapes_and_unused_is_zero(ridge_data):
@@ -139,3 +139,25 @@ def test_forward_without_hyperparameters_returns_E(ridge_data):
                                  method="forward")
     assert grads == {}
     assert value.item() == pytest.approx(ridge_closed_form(ridge_data, C, fixed["lr"].item(), 7)[0], rel=1e-12)
+
+
+def test_real_time_tangents_go_on_across_a_hyperparameter_change(ridge_data):
+    """RTHO: λ changes between steps and the tangents go on. After 3 momentum steps at λ1 and 3 at λ2, the
+    carried dE/dλ is the derivative of E(w_6) along a shift δ applied to λ at all six steps (λ1 + δ for the
+    first three, λ2 + δ for the last), computed by reverse mode through one graph."""
+    step, outer, w0, h1 = ridge_problem(ridge_data, momentum)
+    h2 = {k: (v.detach() * 1.3).requires_grad_() for k, v in h1.items()}
+    w, Z = w0, tangents(w0, h1)
+    for t in range(6):
+        w, Z = forward_step(step, w, Z, h1 if t < 3 else h2, t)
+    value, grads = forward_hypergradient(outer, w, Z, h2)
+
+    delta = {k: torch.zeros_like(v, requires_grad=True) for k, v in h1.items()}
+    shifted = [{k: h[k].detach() + delta[k] for k in h} for h in (h1, h2)]
+    w = w0
+    for t in range(6):
+        w = step(w, shifted[t >= 3], t)
+    expected = outer(w, shifted[1])
+    reference = dict(zip(delta, torch.autograd.grad(expected, list(delta.values()))))
+    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert_same(grads, reference, rtol=1e-10)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from bilevel_cli.engine.evaluate import evaluate, select_T
+from bilevel_cli.tasks.episodic import evaluate, select_T
 from bilevel_cli.models import Conv4
 from bilevel_cli.tasks import HyperRepresentation
 
