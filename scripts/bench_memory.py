@@ -1,0 +1,156 @@
+"""Peak memory and time of one hypergradient call: reverse vs checkpointed (segment ⌈√T⌉) vs forward.
+
+Problem: ridge regression, T gradient-descent steps on w ∈ R^dim (float32) from a random w0, with
+λ = (weight decay c, learning rate η) as hyperparameters and E = ½‖X_v w_T − y_v‖² as the outer loss.
+Each (method, T) runs in a fresh subprocess (`--one METHOD T`) that builds the problem, warms up on
+T = 2 and measures during the call:
+  - peak memory: on CPU the rise of the peak RSS (ru_maxrss, reset first through /proc/self/clear_refs)
+    over the RSS just before the call. The subprocess runs with MALLOC_MMAP_THRESHOLD_=65536, so that
+    glibc maps every tensor on its own and unmaps it when freed: its heap would otherwise keep freed
+    memory and inflate the peak ~2.5x over the live bytes. On CUDA: max_memory_allocated − memory_allocated;
+  - saved-tensor peak: peak bytes of the distinct storages held by autograd's saved tensors and by the
+    states `step` returns (checkpoints included), the problem's data excluded;
+  - wall time, and the hypergradient, compared with reverse's (max relative difference over λ).
+
+Run:  python scripts/bench_memory.py [--T 100 1000] [--dim 100000] [--device cpu|cuda|auto] [--threads 1]
+                                     [--out BENCHMARKS.md]
+"""
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+import weakref
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from bilevel_cli.core import gd, hypergradient
+
+METHODS = ("reverse", "checkpointed", "forward")
+MiB = 2 ** 20
+
+
+class SavedBytes:
+    """Peak bytes of the distinct storages kept alive by the tensors passed to `track` (a storage counts
+    once, from its first tracked tensor until its last one is freed); storages in `ignore` never count."""
+
+    def __init__(self, ignore=()):
+        self.ignore, self.holders, self.live, self.peak = set(ignore), {}, 0, 0
+
+    def track(self, x: torch.Tensor) -> torch.Tensor:
+        for part in fwAD.unpack_dual(x):  # a dual tensor holds its primal and its tangent
+            if part is None or part._is_zerotensor() or part.untyped_storage().data_ptr() in self.ignore:
+                continue
+            key, size = part.untyped_storage().data_ptr(), part.untyped_storage().nbytes()
+            if not self.holders.get(key):
+                self.live += size
+                self.peak = max(self.peak, self.live)
+            self.holders[key] = self.holders.get(key, 0) + 1
+            weakref.finalize(x, self._release, key, size)
+        return x
+
+    def _release(self, key: int, size: int) -> None:
+        self.holders[key] -= 1
+        self.live -= 0 if self.holders[key] else size
+
+
+def problem(dim: int, device: str, n: int = 16):
+    """(step, outer_loss, w0, hparams, data tensors); X has entries N(0, 1/dim), so ‖XᵀX‖ ≈ 1."""
+    gen = torch.Generator().manual_seed(0)
+    X, Xv = (torch.randn(n, dim, generator=gen) / dim ** 0.5 for _ in range(2))
+    w_true, w0 = torch.randn(dim, generator=gen), torch.randn(dim, generator=gen)
+    y, yv = X @ w_true + 0.1 * torch.randn(n, generator=gen), Xv @ w_true
+    data = X, Xv, y, yv, w0 = [t.to(device) for t in (X, Xv, y, yv, w0)]
+    inner = gd(lambda p, h: 0.5 * (X @ p["w"] - y).square().sum(), lr="lr", weight_decay="c")
+    hparams = {k: torch.tensor(v, device=device, requires_grad=True) for k, v in (("c", 1e-2), ("lr", 0.5))}
+    return inner.step, lambda w, h: 0.5 * (Xv @ w["w"] - yv).square().sum(), {"w": w0}, hparams, data
+
+
+def measure_one(method: str, T: int, args) -> dict:
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    step, outer, w0, hparams, data = problem(args.dim, args.device)
+    hypergradient(step, outer, w0, hparams, 2, method=method)  # warm-up: allocator, threads, kernels
+    meter = SavedBytes(t.untyped_storage().data_ptr() for t in data)
+    metered = lambda w, h, t: {k: meter.track(v) for k, v in step(w, h, t).items()}  # noqa: E731
+    gc.collect()
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:  # peak RSS := current RSS (Linux >= 4.0)
+            f.write("5")
+        with open("/proc/self/status") as f:
+            before = 1024 * next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(meter.track, lambda x: x):
+        _, grads = hypergradient(metered, outer, w0, hparams, T, method=method)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() if cuda
+            else 1024 * resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+    return {"peak": peak - before, "saved": meter.peak, "time": seconds,
+            "grads": {k: g.item() for k, g in grads.items()}}
+
+
+def run_one(method: str, T: int, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", method, str(T), "--dim", str(args.dim),
+           "--device", args.device, "--threads", str(args.threads)]
+    env = {"MALLOC_MMAP_THRESHOLD_": "65536", **os.environ}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode:
+        sys.exit(f"{shlex.join(cmd)} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, nargs="+", default=[100, 1000], help="horizons")
+    parser.add_argument("--dim", type=int, default=100_000, help="number of inner parameters")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", help="also append the markdown to this file")
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", "T"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.one:
+        print(json.dumps(measure_one(args.one[0], int(args.one[1]), args)))
+        return
+
+    memory = "peak alloc (MiB, CUDA)" if args.device.startswith("cuda") else "peak memory (MiB, RSS delta)"
+    lines = [f"### Hypergradient memory: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+             f"{args.threads} thread(s), device {args.device}, dim {args.dim}, float32",
+             "", f"`python {shlex.join(sys.argv)}`", "",
+             f"| T | method | {memory} | saved-tensor peak (MiB) | time (s) | memory ratio vs reverse "
+             "| max rel. diff vs reverse |", "|---:|---|---:|---:|---:|---:|---:|"]
+    checks = []
+    for T in args.T:
+        rows = {m: run_one(m, T, args) for m in METHODS}
+        ref = rows["reverse"]
+        for m, r in rows.items():
+            diff = max(abs(r["grads"][k] - g) / max(abs(g), 1e-30) for k, g in ref["grads"].items())
+            lines.append(f"| {T} | {m} | {r['peak'] / MiB:.1f} | {r['saved'] / MiB:.1f} | {r['time']:.2f} "
+                         f"| {r['peak'] / ref['peak']:.3f} | {diff:.1e} |")
+        ratio, saved = (rows["checkpointed"][k] / ref[k] for k in ("peak", "saved"))
+        checks.append(f"T={T}: checkpointed / reverse memory = {ratio:.3f} (saved tensors {saved:.3f}), "
+                      f"≤ 1/5: {'yes' if max(ratio, saved) <= 0.2 else 'no'}")
+    text = "\n".join(lines + [""] + checks) + "\n"
+    print(text, end="")
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
