@@ -96,6 +96,8 @@ def test_wandb_logs_offline_without_an_account(bilevel, tmp_path):
     (["task.queries=30"], "bilevel: error: 1 shots + 30 queries need 31 images per class but the split has 20"),
     (["device=cuda:0"], "bilevel: error: device=cuda:0 but no CUDA GPU is visible"),
     (["backbone._target_=os.system"], "bilevel: error: backbone._target_ 'os.system' is not allowed"),
+    (["data=digits"], "bilevel: error: task=hyper_representation needs a few-shot data set (data=glyphs, omniglot or"),
+    (["experiment=hyper_cleaning", "task.test=5000"], "bilevel: error: hyper-cleaning needs train + val + test = "),
 ])
 def test_bad_input_is_one_line_and_exit_2(bilevel, tmp_path, args, message):
     if args[0].startswith("device=cuda") and torch.cuda.is_available():
@@ -133,3 +135,17 @@ def test_episodes_per_second_counts_the_steps_of_its_own_window(bilevel, tmp_pat
     for previous, line in zip(lines[:-2], lines[1:-1]):
         elapsed = line["wall_time"] - previous["wall_time"]
         assert line["episodes_per_s"] == pytest.approx(4 / elapsed, rel=0.2)
+
+
+def test_hyper_cleaning_reports_baseline_oracle_and_detection(bilevel, tmp_path):
+    """The same engine runs an HO task: summary.json holds the cleaned model's test accuracy beside the
+    baseline's and the oracle's, and the detection scores; the log shows the weights of both groups."""
+    bilevel("train", "experiment=hyper_cleaning", "trainer.steps=4", "trainer.log_every=2", "trainer.val_every=2",
+            "hypergrad.T=5", "device=cpu")
+    (run,) = _run_dirs(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "hyper_cleaning" and summary["corrupted"] == 300 and summary["T"] == 5
+    assert {"test_acc", "test_acc_baseline", "test_acc_oracle", "precision", "recall", "f1"} <= summary.keys()
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"weight_clean", "weight_corrupted", "f1", "val_acc", "s_per_iteration"} <= lines[-1].keys()
+    assert "episodes_per_s" not in lines[-1]

@@ -6,6 +6,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bilevel_cli.errors import UserError
 from bilevel_cli.tasks import HyperRepresentation, JointTraining, Task
+from bilevel_cli.tasks.hyper_cleaning import HyperCleaning
 from bilevel_cli.tasks.episodic import EpisodeProtocol
 
 
@@ -23,15 +24,19 @@ def build_task(cfg: DictConfig, data: dict[str, torch.Tensor]) -> Task:
     return BUILDERS[cfg.task.name](cfg, data).to(device)
 
 
-def _needs(cfg: DictConfig, data: dict, keys: tuple[str, ...], kind: str) -> None:
-    if not set(keys) <= set(data):
-        raise UserError(f"task={cfg.task.name} needs a {kind} data set, but data={OmegaConf.select(cfg, 'data._target_')} "
-                        f"gives {', '.join(data)}; pick another data= (see bilevel train --help)")
+KINDS = {"few-shot": ("train", "val", "test"), "labelled": ("images", "labels")}
+CHOICES = {"few-shot": "data=glyphs, omniglot or miniimagenet", "labelled": "data=digits or mnist"}
+
+
+def _needs(cfg: DictConfig, data: dict, kind: str) -> None:
+    if not set(KINDS[kind]) <= set(data):
+        raise UserError(f"task={cfg.task.name} needs a {kind} data set ({CHOICES[kind]}), but "
+                        f"{OmegaConf.select(cfg, 'data._target_')} gives {', '.join(data)}")
 
 
 def _episodic(cfg: DictConfig, data: dict) -> tuple[EpisodeProtocol, torch.nn.Module, dict]:
     """What every few-shot task is built from: the episode protocol, the backbone and the inner optimizer."""
-    _needs(cfg, data, ("train", "val", "test"), "few-shot (class-split)")
+    _needs(cfg, data, "few-shot")
     ep, tr = cfg.task, cfg.trainer
     protocol = EpisodeProtocol(data, ep.ways, ep.shots, ep.queries, ep.meta_batch, seed=cfg.seed,
                                eval_seed=tr.eval_seed, eval_batch=tr.eval_batch, val_episodes=tr.val_episodes,
@@ -56,4 +61,46 @@ def _joint_training(cfg: DictConfig, data: dict) -> Task:
                          feature_dim=feature_dim, protocol=protocol, **inner)
 
 
-BUILDERS = {"hyper_representation": _hyper_representation, "joint_training": _joint_training}
+def _hyper_cleaning(cfg: DictConfig, data: dict) -> Task:
+    _needs(cfg, data, "labelled")
+    t = cfg.task
+    return HyperCleaning(data["images"], data["labels"], t.train, t.val, t.test, t.corrupted, cfg.hypergrad.T,
+                         seed=cfg.seed, method=cfg.hypergrad.method,
+                         method_options=OmegaConf.to_container(cfg.hypergrad.options), inner=cfg.inner.name,
+                         inner_lr=cfg.inner.lr, inner_options=OmegaConf.to_container(cfg.inner.options),
+                         parametrization=t.parametrization, threshold=t.threshold)
+
+
+def _realtime_ho(cfg: DictConfig, data: dict) -> Task:
+    from bilevel_cli.tasks.realtime_ho import RealTimeHO
+
+    _needs(cfg, data, "labelled")
+    if cfg.hypergrad.method != "forward":
+        raise UserError(f"task=realtime_ho carries the tangents dw/dλ across hyper-iterations, which only forward "
+                        f"mode does; use hypergrad=forward (got hypergrad.method={cfg.hypergrad.method})")
+    t = cfg.task
+    return RealTimeHO(data["images"], data["labels"], splits=tuple(t.splits), hidden=tuple(t.hidden), batch=t.batch,
+                      val_batch=t.val_batch, delta=cfg.hypergrad.T, lr=t.lr, momentum=t.momentum, l2=t.l2,
+                      seed=cfg.seed)
+
+
+def _linear_representation(cfg: DictConfig, data: dict) -> Task:
+    from bilevel_cli.tasks.linear_representation import LinearRepresentation
+
+    _needs(cfg, data, "few-shot")
+    t = cfg.task
+    try:
+        return LinearRepresentation(
+            data["train"], cfg.hypergrad.T, classes=t.classes, train_per_class=t.train_per_class,
+            val_per_class=t.val_per_class, test_per_class=t.test_per_class, dim=t.dim, loss=t.loss, exact=t.exact,
+            ridge=t.ridge, centre=t.centre, init_std=t.init_std, method=cfg.hypergrad.method,
+            method_options=OmegaConf.to_container(cfg.hypergrad.options), inner=cfg.inner.name, inner_lr=cfg.inner.lr,
+            learn_lr=cfg.inner.learn_lr, inner_options=OmegaConf.to_container(cfg.inner.options), seed=t.seed,
+            init_seed=cfg.seed)
+    except ValueError as error:  # the task's checks of its sizes and loss, as one line
+        raise UserError(f"task=linear_representation: {error}") from None
+
+
+BUILDERS = {"hyper_representation": _hyper_representation, "joint_training": _joint_training,
+            "hyper_cleaning": _hyper_cleaning, "realtime_ho": _realtime_ho,
+            "linear_representation": _linear_representation}

@@ -11,7 +11,8 @@ from bilevel_cli.models.batchnorm import NORMS
 # key: the smallest value allowed
 INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.queries": 1, "task.meta_batch": 1,
             "trainer.steps": 1, "trainer.log_every": 1, "trainer.val_every": 1, "trainer.val_episodes": 1,
-            "trainer.test_episodes": 1, "trainer.eval_batch": 1}
+            "trainer.test_episodes": 1, "trainer.eval_batch": 1,
+            "task.train": 1, "task.val": 1, "task.test": 1, "task.corrupted": 0}
 # key: whether zero is allowed
 NUMBERS = {"inner.lr": False, "outer.optimizer.lr": False, "outer.decay": True}
 CHOICES = {"task.name": tuple(BUILDERS), "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS}
