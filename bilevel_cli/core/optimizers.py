@@ -7,6 +7,9 @@ of `hparams`, in which case it is an outer variable and receives a hypergradient
 
 Under `torch.no_grad()` a step returns plain tensors (no graph); otherwise it keeps the graph of the
 inner gradient (create_graph) so that `hypergradient` can differentiate through it.
+
+Where ∇L has a closed form (a linear or softmax-regression head, say), pass it as `gradient(params, hparams)`:
+the steps then use it instead of autograd, and differentiating through them needs no double backward.
 """
 
 from typing import Callable, NamedTuple
@@ -16,6 +19,7 @@ import torch
 from bilevel_cli.core.hypergradient import Tensors
 
 Loss = Callable[[Tensors, Tensors], torch.Tensor]
+Gradient = Callable[[Tensors, Tensors], Tensors]
 Hyper = float | str
 
 
@@ -24,16 +28,17 @@ class InnerOptimizer(NamedTuple):
     step: Callable[[Tensors, Tensors, int], Tensors]  # (state, hparams, t) -> next state
 
 
-def gd(loss: Loss, lr: Hyper, weight_decay: Hyper = 0.0) -> InnerOptimizer:
+def gd(loss: Loss, lr: Hyper, weight_decay: Hyper = 0.0, gradient: Gradient | None = None) -> InnerOptimizer:
     """Gradient descent: w ← w − lr·(∇L(w) + weight_decay·w)."""
     def step(w: Tensors, hparams: Tensors, t: int) -> Tensors:
-        eta, grads = _value(lr, hparams), _gradient(loss, w, hparams, weight_decay)
+        eta, grads = _value(lr, hparams), _gradient(loss, w, hparams, weight_decay, gradient)
         return {k: w[k] - eta * g for k, g in grads.items()}
 
     return InnerOptimizer(dict, step)
 
 
-def momentum(loss: Loss, lr: Hyper, momentum: Hyper = 0.9, weight_decay: Hyper = 0.0) -> InnerOptimizer:
+def momentum(loss: Loss, lr: Hyper, momentum: Hyper = 0.9, weight_decay: Hyper = 0.0,
+             gradient: Gradient | None = None) -> InnerOptimizer:
     """Heavy-ball momentum: v ← μ·v + ∇L(w); w ← w − lr·v (PyTorch's SGD convention)."""
     def init(params: Tensors) -> Tensors:
         return {**params, **{f"{k}@velocity": torch.zeros_like(p) for k, p in params.items()}}
@@ -41,7 +46,7 @@ def momentum(loss: Loss, lr: Hyper, momentum: Hyper = 0.9, weight_decay: Hyper =
     def step(w: Tensors, hparams: Tensors, t: int) -> Tensors:
         eta, mu = _value(lr, hparams), _value(momentum, hparams)
         out = {}
-        for k, g in _gradient(loss, w, hparams, weight_decay).items():
+        for k, g in _gradient(loss, w, hparams, weight_decay, gradient).items():
             v = mu * w[f"{k}@velocity"] + g
             out[k], out[f"{k}@velocity"] = w[k] - eta * v, v
         return out
@@ -50,7 +55,7 @@ def momentum(loss: Loss, lr: Hyper, momentum: Hyper = 0.9, weight_decay: Hyper =
 
 
 def adam(loss: Loss, lr: Hyper, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-         weight_decay: Hyper = 0.0, eps_root: float = 1e-16) -> InnerOptimizer:
+         weight_decay: Hyper = 0.0, eps_root: float = 1e-16, gradient: Gradient | None = None) -> InnerOptimizer:
     """Adam with bias correction. `eps_root` inside the square root keeps its derivative finite
     where a gradient coordinate is exactly zero (sqrt has an infinite slope at 0)."""
     b1, b2 = betas
@@ -61,7 +66,7 @@ def adam(loss: Loss, lr: Hyper, betas: tuple[float, float] = (0.9, 0.999), eps: 
 
     def step(w: Tensors, hparams: Tensors, t: int) -> Tensors:
         eta, out = _value(lr, hparams), {}
-        for k, g in _gradient(loss, w, hparams, weight_decay).items():
+        for k, g in _gradient(loss, w, hparams, weight_decay, gradient).items():
             m = b1 * w[f"{k}@m"] + (1 - b1) * g
             v = b2 * w[f"{k}@v"] + (1 - b2) * g * g
             m_hat, v_hat = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
@@ -79,15 +84,19 @@ def _value(x: Hyper, hparams: Tensors):
     return hparams[x] if isinstance(x, str) else x
 
 
-def _gradient(loss: Loss, w: Tensors, hparams: Tensors, weight_decay: Hyper) -> Tensors:
-    """∇_params L + weight_decay·params, differentiable (create_graph) when grad mode is on."""
-    create_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        # The initial state is usually a constant; autograd needs a leaf to differentiate at.
-        params = {k: p if p.requires_grad else p.detach().requires_grad_()
-                  for k, p in w.items() if "@" not in k}
-        grads = torch.autograd.grad(loss(params, hparams), list(params.values()), create_graph=create_graph,
-                                    allow_unused=True)
+def _gradient(loss: Loss, w: Tensors, hparams: Tensors, weight_decay: Hyper, gradient: Gradient | None) -> Tensors:
+    """∇_params L + weight_decay·params, differentiable (create_graph) when grad mode is on; from `gradient`
+    when it is given, by autograd otherwise."""
+    params = {k: p for k, p in w.items() if "@" not in k}
+    if gradient is not None:
+        grads = list(gradient(params, hparams).values())
+    else:
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            # The initial state is usually a constant; autograd needs a leaf to differentiate at.
+            leaves = {k: p if p.requires_grad else p.detach().requires_grad_() for k, p in params.items()}
+            grads = torch.autograd.grad(loss(leaves, hparams), list(leaves.values()), create_graph=create_graph,
+                                        allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
     wd = _value(weight_decay, hparams)
     return {k: g + wd * w[k] if _nonzero(wd) else g for (k, g) in zip(params, grads)}

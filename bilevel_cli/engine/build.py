@@ -7,7 +7,9 @@ from omegaconf import DictConfig, OmegaConf
 from bilevel_cli.errors import UserError
 from bilevel_cli.tasks import HyperRepresentation, JointTraining, Task
 from bilevel_cli.tasks.hyper_cleaning import HyperCleaning
+from bilevel_cli.tasks.linear_representation import LinearRepresentation
 from bilevel_cli.tasks.episodic import EpisodeProtocol
+from bilevel_cli.tasks.realtime_ho import RealTimeHO
 
 
 def build_data(cfg: DictConfig, device: torch.device) -> dict[str, torch.Tensor]:
@@ -72,8 +74,6 @@ def _hyper_cleaning(cfg: DictConfig, data: dict) -> Task:
 
 
 def _realtime_ho(cfg: DictConfig, data: dict) -> Task:
-    from bilevel_cli.tasks.realtime_ho import RealTimeHO
-
     _needs(cfg, data, "labelled")
     if cfg.hypergrad.method != "forward":
         raise UserError(f"task=realtime_ho carries the tangents dw/dλ across hyper-iterations, which only forward "
@@ -85,8 +85,6 @@ def _realtime_ho(cfg: DictConfig, data: dict) -> Task:
 
 
 def _linear_representation(cfg: DictConfig, data: dict) -> Task:
-    from bilevel_cli.tasks.linear_representation import LinearRepresentation
-
     _needs(cfg, data, "few-shot")
     t = cfg.task
     try:

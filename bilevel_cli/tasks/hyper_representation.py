@@ -23,12 +23,16 @@ from bilevel_cli.tasks.episodic import EpisodeProtocol
 class HyperRepresentation(Task):
     def __init__(self, backbone: nn.Module, ways: int, T: int, method: str = "reverse",
                  method_options: dict | None = None, inner: str = "gd", inner_lr: float = 0.1,
-                 learn_lr: bool = True, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None):
+                 learn_lr: bool = True, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None,
+                 closed_form: bool = True):
         super().__init__()
         self.backbone, self.ways, self.T, self.protocol = backbone, ways, T, protocol
         self.episodes_per_iteration = protocol.meta_batch if protocol else None
         self.method, self.method_options = method, dict(method_options or {})
         self.inner, self.inner_options = inner, dict(inner_options or {})
+        # The support cross-entropy of a linear head has a closed-form gradient: the inner steps then need no
+        # autograd, and reverse mode through them no double backward. False: autograd, as for any inner loss.
+        self.closed_form = closed_form
         # A learned rate is an outer variable (an entry of hparams); a fixed one stays a number.
         self.inner_lr = nn.Parameter(torch.tensor(float(inner_lr))) if learn_lr else float(inner_lr)
 
@@ -42,11 +46,19 @@ class HyperRepresentation(Task):
             logits = _linear(w, hp["features"][:, :n_support])
             return F.cross_entropy(logits.flatten(0, 1), support_labels, reduction="sum") / n_support
 
+        def inner_gradient(w, hp):
+            # ∂/∂logits of the summed per-episode mean cross-entropy is (softmax − one-hot)/K·N; then chain rule.
+            support = hp["features"][:, :n_support]
+            residual = (torch.softmax(_linear(w, support), -1) - targets) / n_support
+            return {"W": support.transpose(1, 2) @ residual, "b": residual.sum(1)}
+
         def outer_loss(w, hp):
             return F.cross_entropy(_linear(w, hp["features"][:, n_support:]).flatten(0, 1), query_labels)
 
+        targets = F.one_hot(episodes.support_labels, self.ways).to(features.dtype)
         learned = isinstance(self.inner_lr, nn.Parameter)
-        optimizer = OPTIMIZERS[self.inner](inner_loss, lr="lr" if learned else self.inner_lr, **self.inner_options)
+        optimizer = OPTIMIZERS[self.inner](inner_loss, lr="lr" if learned else self.inner_lr, **self.inner_options,
+                                           gradient=inner_gradient if self.closed_form else None)
         batch, _, dim = features.shape
         w0 = optimizer.init({"W": features.new_zeros(batch, dim, self.ways), "b": features.new_zeros(batch, self.ways)})
         hparams = {"features": features, **({"lr": self.inner_lr} if learned else {})}

@@ -16,9 +16,10 @@ def episodes():
     return EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=0).sample(3)
 
 
-def _task(learn_lr=True):
+def _task(learn_lr=True, closed_form=True):
     torch.manual_seed(0)
-    return HyperRepresentation(Conv4(channels=4), WAYS, T, inner_lr=0.3, learn_lr=learn_lr).double()
+    return HyperRepresentation(Conv4(channels=4), WAYS, T, inner_lr=0.3, learn_lr=learn_lr,
+                               closed_form=closed_form).double()
 
 
 def _reference_loss(task, episodes, lr):
@@ -35,9 +36,11 @@ def _reference_loss(task, episodes, lr):
     return F.cross_entropy((query @ W + b[:, None]).flatten(0, 1), episodes.query_labels.flatten())
 
 
-def test_hypergradient_reaches_the_backbone_and_the_inner_lr_exactly(episodes):
-    """The features-as-hparams path gives the gradient of the whole unrolled objective."""
-    task = _task()
+@pytest.mark.parametrize("closed_form", [True, False], ids=["closed-form", "autograd"])
+def test_hypergradient_reaches_the_backbone_and_the_inner_lr_exactly(episodes, closed_form):
+    """The features-as-hparams path gives the gradient of the whole unrolled objective, with the inner
+    gradient in closed form (the fast path) and by autograd (the general one)."""
+    task = _task(closed_form=closed_form)
     loss, _ = task.training_step(episodes)
     ours = {name: p.grad.clone() for name, p in task.named_parameters()}
     task.zero_grad()
@@ -82,3 +85,20 @@ def test_other_inner_optimizers_train(episodes, inner):
     task = HyperRepresentation(Conv4(channels=4), WAYS, T, inner=inner, inner_lr=0.1).double()
     loss, _ = task.training_step(episodes)
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in task.parameters())
+
+
+# Forward mode on gd only: it takes one pass per scalar of λ, and λ here is every feature of the meta-batch.
+@pytest.mark.parametrize("inner, method", [("gd", "reverse"), ("momentum", "reverse"), ("adam", "reverse"),
+                                           ("momentum", "checkpointed"), ("gd", "forward")])
+def test_closed_form_inner_gradient_gives_the_autograd_hypergradient(episodes, inner, method):
+    """The fast path changes how the inner gradient is computed, not the hypergradient: float64, every
+    parameter, for each inner optimizer and for methods that differentiate the steps in other ways."""
+    grads = {}
+    for closed_form in (True, False):
+        torch.manual_seed(0)
+        task = HyperRepresentation(Conv4(channels=4), WAYS, 3, inner=inner, inner_lr=0.2, method=method,
+                                   closed_form=closed_form).double()
+        loss, _ = task.training_step(episodes)
+        grads[closed_form] = {"loss": loss, **{n: p.grad for n, p in task.named_parameters()}}
+    for name, value in grads[False].items():
+        torch.testing.assert_close(grads[True][name], value, rtol=1e-10, atol=1e-13, msg=name)
