@@ -3,8 +3,8 @@ trained on the weighted, partly mislabelled training set does well on a small cl
 
 Outer variables λ: the weights ω ∈ [0, 1]^n of the n training examples, kept in the box by projection after
 every outer step (or, with `parametrization="sigmoid"`, ω = σ(λ) with λ free). Inner variables: a softmax
-regression (W, b) from zero, trained by T steps of the inner optimizer on the weighted training cross-entropy
-(1/n) Σ_i ω_i ℓ_i. Outer loss: the validation cross-entropy of w_T. Examples whose weight ends below
+regression (W, b) from zero on the centred pixels, trained by T steps of the inner optimizer on the weighted
+training cross-entropy (1/n) Σ_i ω_i ℓ_i. Outer loss: the validation cross-entropy of w_T. Examples whose weight ends below
 `threshold` are the ones the method flags as mislabelled; the test scores them against the truth.
 
 The data are the first train + val + test examples of a labelled pool, in order (MNIST: the first 20000
@@ -40,6 +40,9 @@ class HyperCleaning(Task):
                             f"{', '.join(PARAMETRIZATIONS)}")
         self.classes = int(labels.max()) + 1
         x = images[:train + val + test].flatten(1).float() / 255
+        # Centred on the training mean: the mean image dominates the curvature (on MNIST the largest eigenvalue
+        # of XᵀX/n drops from 37.7 to 5.2), so T steps at a 5× larger rate fit the model much further.
+        x = x - x[:train].mean(0)
         y = labels[:train + val + test]
         generator = torch.Generator().manual_seed(seed)
         flipped = torch.randperm(train, generator=generator)[:corrupted].to(labels.device)
