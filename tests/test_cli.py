@@ -149,3 +149,8 @@ def test_hyper_cleaning_reports_baseline_oracle_and_detection(bilevel, tmp_path)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"weight_clean", "weight_corrupted", "f1", "val_acc", "s_per_iteration"} <= lines[-1].keys()
     assert "episodes_per_s" not in lines[-1]
+    # eval rebuilds the task from the checkpoint's config; a key of a task other than the default needs "+".
+    bilevel("eval", f"checkpoint={run / 'best.pt'}", "+task.threshold=1.01")
+    (evaluation,) = _run_dirs(tmp_path, "outputs/eval/*")
+    tested = json.loads((evaluation / "summary.json").read_text())
+    assert tested["test_acc"] == summary["test_acc"] and tested["flagged"] == 600  # every weight is below 1.01
