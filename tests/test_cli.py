@@ -97,7 +97,6 @@ def test_wandb_logs_offline_without_an_account(bilevel, tmp_path):
     (["device=cuda:0"], "bilevel: error: device=cuda:0 but no CUDA GPU is visible"),
     (["backbone._target_=os.system"], "bilevel: error: backbone._target_ 'os.system' is not allowed"),
     (["data=digits"], "bilevel: error: task=hyper_representation needs a few-shot data set (data=glyphs, omniglot or"),
-    (["experiment=hyper_cleaning", "task.test=5000"], "bilevel: error: hyper-cleaning needs train + val + test = "),
 ])
 def test_bad_input_is_one_line_and_exit_2(bilevel, tmp_path, args, message):
     if args[0].startswith("device=cuda") and torch.cuda.is_available():
@@ -135,6 +134,13 @@ def test_episodes_per_second_counts_the_steps_of_its_own_window(bilevel, tmp_pat
     for previous, line in zip(lines[:-2], lines[1:-1]):
         elapsed = line["wall_time"] - previous["wall_time"]
         assert line["episodes_per_s"] == pytest.approx(4 / elapsed, rel=0.2)
+
+
+def test_hyper_cleaning_sizes_the_data_set_cannot_supply_are_one_line(bilevel):
+    done = bilevel("train", "experiment=hyper_cleaning", "task.test=5000", check=False)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "bilevel: error: hyper-cleaning needs train + val + test = 6000 examples but the data set has 1797; "
+        "lower task.train, task.val or task.test"]
 
 
 def test_hyper_cleaning_reports_baseline_oracle_and_detection(bilevel, tmp_path):

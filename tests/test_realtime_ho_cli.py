@@ -12,13 +12,6 @@ TINY = ["experiment=realtime_ho", "task.hidden=[16]", "hypergrad.T=3", "trainer.
         "trainer.val_every=2", "device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """One intra-op thread for the runs: the MLP is small, and a second thread stalls when other processes hold
-    the cores."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
 def test_realtime_ho_run_logs_and_summarizes_the_hyperparameters(bilevel, tmp_path):
     bilevel("train", *TINY)
     (run,) = sorted(p for p in tmp_path.glob("outputs/train/*") if p.is_dir())

@@ -33,13 +33,3 @@ def classification_data() -> dict[str, torch.Tensor]:
     y = (X @ W_true + 0.7 * _randn(gen, 20, 3)).argmax(dim=1)
     yv = (Xv @ W_true + 0.7 * _randn(gen, 15, 3)).argmax(dim=1)
     return {"X": X, "y": y, "Xv": Xv, "yv": yv}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The core problems are tiny, so one intra-op thread is as fast as several, and it does not stall
-    when other processes hold the cores (a thread pool then waits for a busy core at every product)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

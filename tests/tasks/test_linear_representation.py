@@ -7,16 +7,6 @@ from bilevel_cli.tasks.linear_representation import LinearRepresentation
 CLASSES, TRAIN, VAL, DIM, T, LR, RIDGE = 5, 2, 2, 4, 6, 0.5, 0.01
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The problems are tiny: one intra-op thread is as fast, and does not stall when other processes hold the
-    cores (as in tests/core/conftest.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def store():
     """12 classes of 8 random 6×6 images: every image distinct."""

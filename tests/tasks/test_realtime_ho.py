@@ -16,16 +16,6 @@ from bilevel_cli.tasks.realtime_ho import RealTimeHO
 SMALL = dict(splits=(24, 12, 12), hidden=(5,), batch=6, delta=3, lr=0.3, momentum=0.6, l2=0.05, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The MLPs are small: one intra-op thread is as fast, and does not stall when other processes hold the cores
-    (as in tests/core/conftest.py; the digits run took 75 s with two threads on a busy 2-core machine, 4 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _pool():
     """48 random 3×3 images in 3 classes: 4 minibatches an epoch, so two hyper-iterations cross an epoch."""
     g = torch.Generator().manual_seed(0)
