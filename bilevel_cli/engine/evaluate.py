@@ -8,6 +8,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from bilevel_cli.engine import checkpoint
+from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.build import build_data, build_task
 from bilevel_cli.engine.config import check_config, resolve_device
 from bilevel_cli.engine.train import describe
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 def evaluate_checkpoint(path: str, overrides: list[str], run_dir: Path) -> dict:
     """Test a trained checkpoint under its training config, with value overrides (e.g. `hypergrad.T=10`,
     `task.ways=20`, `trainer.test_episodes=1000`) applied on top; writes config.yaml and summary.json."""
+    keep_freed_memory()
     state = checkpoint.load(path)
     cfg = OmegaConf.create(state["config"])
     for override in overrides:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from bilevel_cli.engine import checkpoint
+from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.build import build_data, build_task
 from bilevel_cli.engine.config import check_config, resolve_device
 from bilevel_cli.engine.loggers import JsonlLogger, WandbLogger
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     """Train the outer variables, keep the best by validation accuracy, test it; returns the summary."""
+    keep_freed_memory()
     check_config(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

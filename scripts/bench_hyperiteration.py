@@ -1,0 +1,300 @@
+"""Time and peak memory of one hyper-iteration of few-shot hyper-representation, next to a floor and the peers.
+
+Omniglot-sized 5-way 1-shot episodes (15 queries per class, 28×28 grey) through conv4-64, for each meta-batch B
+and inner horizon T, of: `floor`, forward + backward of the backbone alone on the same images (a linear layer on
+the features, one cross-entropy over all images and their episode labels; T-free, measured once per B);
+`bilevel`, HyperRepresentation.training_step as `bilevel train` runs it (reverse mode, gd inner, learned inner
+lr 0.1: the backbone once over the meta-batch, the T steps on all episodes at once); `naive`, the peers' way,
+written here: a Python loop over episodes, each with the backbone on its own images, a linear head from zero,
+T steps built with autograd.grad(create_graph=True), query loss / B, backward, gradients accumulating; and
+`higher` (innerloop_ctx, differentiable SGD on an nn.Linear head) and `torchopt` (MetaSGD) in the same loop,
+when they import (the output says which were skipped, and why). All use the task's learned inner lr, so they
+compute one gradient: checked first in float64 (B=2, T=3, 8 filters; max relative difference to bilevel).
+Time: median of --repeats calls after --warmup calls, synchronized on CUDA. Memory, from one more call: on CUDA
+max_memory_allocated above what was allocated before; on CPU the peak bytes of the storages held by autograd's
+saved tensors (each storage once). Random uint8 images (timing does not depend on them), fixed seeds. Last,
+the sampler's throughput (episodes/s drawn and gathered from a uint8 store on the device) is set against the
+bilevel path's consumption at B=16, T=5.
+
+Run:  python scripts/bench_hyperiteration.py [--B 4 16 32] [--T 1 5 10 50] [--device cpu|cuda|auto]
+          [--repeats 5] [--warmup 2] [--threads N] [--quick] [--out BENCHMARKS.md]
+"""
+
+import argparse
+import importlib
+import importlib.metadata
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bilevel_cli.data.episodes import EpisodeSampler
+from bilevel_cli.engine.allocator import keep_freed_memory
+from bilevel_cli.models.conv4 import Conv4
+from bilevel_cli.tasks.hyper_representation import HyperRepresentation
+
+WAYS, SHOTS, QUERIES = 5, 1, 15
+STORE = (1200, 20, 1, 28, 28)  # classes, images per class, C, H, W: Omniglot's training split in size
+PEERS = ("higher", "torchopt")
+MiB = 2 ** 20
+
+
+class SavedTensorMeter:
+    """Peak bytes of the distinct storages held by autograd's saved tensors, for saved_tensors_hooks: a storage
+    counts from the first tensor saved on it until the graph lets go of the last one."""
+
+    def __init__(self):
+        self.holders, self.live, self.peak = {}, 0, 0
+
+    def pack(self, x: torch.Tensor) -> "Saved":
+        key, size = x.untyped_storage().data_ptr(), x.untyped_storage().nbytes()
+        if not self.holders.get(key):
+            self.live += size
+            self.peak = max(self.peak, self.live)
+        self.holders[key] = self.holders.get(key, 0) + 1
+        return Saved(self, x, key, size)
+
+
+class Saved:
+    """What the graph keeps in place of a saved tensor; the graph drops it when it frees its saved tensors."""
+
+    def __init__(self, meter: SavedTensorMeter, tensor: torch.Tensor, key: int, size: int):
+        self.meter, self.tensor, self.key, self.size = meter, tensor, key, size
+
+    def __del__(self):
+        self.meter.holders[self.key] -= 1
+        self.meter.live -= 0 if self.meter.holders[self.key] else self.size
+
+
+def paths(task: HyperRepresentation, peers: dict) -> tuple[dict, list[nn.Module]]:
+    """(name -> fn(episodes), the modules whose .grad the fns fill): each fn is one hyper-iteration."""
+    backbone, lr = task.backbone, task.inner_lr
+    dtype = next(backbone.parameters()).dtype
+    head = nn.LazyLinear(WAYS, device=lr.device, dtype=dtype)
+
+    def floor(ep):
+        labels = torch.cat([ep.support_labels, ep.query_labels], 1)
+        F.cross_entropy(head(task.features(ep)).flatten(0, 1), labels.flatten()).backward()
+
+    def per_episode(inner):  # the peers' loop; inner(support x, y, query x, y) -> the episode's query loss
+        def run(ep):
+            batch, k = len(ep.images), ep.support_labels.shape[1]
+            for b in range(batch):
+                x = backbone(ep.images[b:b + 1].to(dtype) / 255, ep.segments)[0]
+                (inner(x[:k], ep.support_labels[b], x[k:], ep.query_labels[b]) / batch).backward()
+        return run
+
+    def naive(xs, ys, xq, yq):
+        w, b = xs.new_zeros(WAYS, xs.shape[1], requires_grad=True), xs.new_zeros(WAYS, requires_grad=True)
+        for _ in range(task.T):
+            gw, gb = torch.autograd.grad(F.cross_entropy(F.linear(xs, w, b), ys), (w, b), create_graph=True)
+            w, b = w - lr * gw, b - lr * gb
+        return F.cross_entropy(F.linear(xq, w, b), yq)
+
+    def zero_linear(x):  # a fresh head per episode, from zero as in bilevel
+        linear = nn.Linear(x.shape[1], WAYS, device=x.device, dtype=x.dtype)
+        for p in linear.parameters():
+            nn.init.zeros_(p)
+        return linear
+
+    def with_higher(xs, ys, xq, yq):
+        linear = zero_linear(xs)
+        sgd = torch.optim.SGD(linear.parameters(), lr=1.0)  # a placeholder: the override sets the learned lr
+        with peers["higher"].innerloop_ctx(linear, sgd, override={"lr": [lr]}) as (flinear, diffopt):
+            for _ in range(task.T):
+                diffopt.step(F.cross_entropy(flinear(xs), ys))
+            return F.cross_entropy(flinear(xq), yq)
+
+    def with_torchopt(xs, ys, xq, yq):
+        linear = zero_linear(xs)
+        sgd = peers["torchopt"].MetaSGD(linear, lr=lr)
+        for _ in range(task.T):
+            sgd.step(F.cross_entropy(linear(xs), ys))
+        return F.cross_entropy(linear(xq), yq)
+
+    inners = {"naive": naive, "higher": with_higher, "torchopt": with_torchopt}
+    fns = {"floor": floor, "bilevel": task.training_step}
+    return fns | {name: per_episode(inners[name]) for name in ["naive", *peers]}, [task, head]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, episodes, zero, device, repeats: int, warmup: int) -> tuple[float, int]:
+    """(median seconds of `repeats` calls after `warmup` calls, peak bytes of one more call)."""
+    times = []
+    for _ in range(warmup + repeats):
+        zero()
+        sync(device)
+        start = time.perf_counter()
+        fn(episodes)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    zero()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn(episodes)
+        peak = torch.cuda.max_memory_allocated(device) - before
+    else:
+        meter = SavedTensorMeter()
+        with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda saved: saved.tensor):
+            fn(episodes)
+        peak = meter.peak
+    return statistics.median(times[warmup:]), peak
+
+
+def check_gradients(store, peers, device) -> dict[str, float]:
+    """Max relative difference of each loop's gradient (backbone ∞-norm, inner lr) to bilevel's, in float64."""
+    torch.manual_seed(0)
+    task = HyperRepresentation(Conv4(channels=8), WAYS, T=3).to(device, torch.float64)
+    fns, episodes, grads = paths(task, peers)[0], EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=1).sample(2), {}
+    for name in [n for n in fns if n != "floor"]:
+        task.zero_grad(set_to_none=True)
+        fns[name](episodes)
+        grads[name] = torch.cat([p.grad.flatten() for p in task.backbone.parameters()]), task.inner_lr.grad
+    backbone, lr = grads.pop("bilevel")
+    return {name: max(((g - backbone).abs().max() / backbone.abs().max()).item(), ((h - lr) / lr).abs().item())
+            for name, (g, h) in grads.items()}
+
+
+def sampler_rate(store, batch: int, device, seconds: float = 1.0) -> float:
+    """Episodes per second that EpisodeSampler draws and gathers, `batch` at a time."""
+    sampler = EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=2)
+    for _ in range(3):
+        sampler.sample(batch)
+    sync(device)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        sampler.sample(batch)
+        calls += 1
+    sync(device)
+    return calls * batch / (time.perf_counter() - start)
+
+
+def header(device, skipped, args) -> list[str]:
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    malloc = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_")) or "default"
+    if args.kept_freed_memory:
+        malloc = "freed memory kept for reuse, as in `bilevel train` (engine/allocator.py)"
+    versions = [f"python {platform.python_version()}", f"torch {torch.__version__}"] + [
+        f"{n} skipped ({skipped[n]})" if n in skipped else f"{n} {importlib.metadata.version(n)}" for n in PEERS]
+    return [(f"### One hyper-iteration: conv4-64, {WAYS}-way {SHOTS}-shot, {QUERIES} queries per class, 28×28 grey, "
+             f"float32, {device}"), "",
+            (f"Machine: {platform.platform()}, {cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
+             f"thread(s){gpu}; glibc malloc settings: {malloc}."), f"Versions: {', '.join(versions)}.", "",
+            f"`python {shlex.join(sys.argv)}`", "",
+            (f"Random uint8 images, fixed seeds. Time: median of {args.repeats} calls after {args.warmup} warm-up "
+             "calls; floor is measured once per B.")]
+
+
+def goals(ratios: dict, rate: float, consumption: float, device) -> list[str]:
+    def line(text, value, ok):
+        verdict = "not measured" if value is None else f"{value:.2f}, {'met' if ok(value) else 'NOT met'}"
+        return f"- {text}: {verdict}"
+    at, t50 = ratios.get((16, 5), {}), [r["bilevel/floor"] for (_, T), r in ratios.items() if T == 50]
+    out = ["Goals (ratios of the per-configuration medians):"]
+    if device.type == "cuda":
+        out.append(line("GPU B=16, T=5: naive/bilevel ≥ 5", at.get("naive/bilevel"), lambda v: v >= 5))
+    else:
+        out += [line("CPU B=16, T=5: bilevel/floor ≤ 1.15", at.get("bilevel/floor"), lambda v: v <= 1.15),
+                line("CPU B=16, T=5: naive/bilevel ≥ 1.3", at.get("naive/bilevel"), lambda v: v >= 1.3),
+                line("CPU T=50: bilevel/floor ≤ 1.3 (worst B)", max(t50, default=None), lambda v: v <= 1.3)]
+    return out + [line(f"sampler {rate:.0f} episodes/s vs consumption {consumption:.1f} episodes/s (bilevel, B=16, "
+                       "T=5): ratio ≥ 10", rate / consumption, lambda v: v >= 10)]
+
+
+def table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)] + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--B", type=int, nargs="+", default=[4, 16, 32], help="meta-batch sizes")
+    parser.add_argument("--T", type=int, nargs="+", default=[1, 5, 10, 50], help="inner horizons")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per configuration")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before them")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: B=4,16, T=1,5, 3 repeats")
+    parser.add_argument("--out", help="also append the markdown to this file")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's allocator as it is, instead of the settings `bilevel train` uses")
+    args = parser.parse_args()
+    # As `bilevel train` does, for every path alike: they run in this one process.
+    args.kept_freed_memory = not args.default_malloc and keep_freed_memory()
+    if args.quick:
+        args.B, args.T, args.repeats = [4, 16], [1, 5], 3
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wall = time.perf_counter()
+    peers, skipped = {}, {}
+    for name in PEERS:
+        try:
+            peers[name] = importlib.import_module(name)
+        except Exception as error:  # an unmaintained peer can break on a new torch in many ways
+            skipped[name] = f"{type(error).__name__}: {error}"
+    store = torch.randint(0, 256, STORE, dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(device)
+    diffs = check_gradients(store, peers, device)
+
+    torch.manual_seed(0)
+    task = HyperRepresentation(Conv4(channels=64), WAYS, T=1).to(device)
+    (fns, modules), names = paths(task, peers), ["floor", "bilevel", "naive", *peers]
+
+    def zero():
+        for module in modules:
+            module.zero_grad(set_to_none=True)
+
+    def bench(name, episodes):
+        return measure(fns[name], episodes, zero, device, args.repeats, args.warmup)
+
+    rows = {}
+    for B in args.B:
+        episodes = EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=B).sample(B)
+        floor = bench("floor", episodes)
+        for T in args.T:
+            task.T = T
+            rows[B, T] = {"floor": floor} | {name: bench(name, episodes) for name in names[1:]}
+            print(f"B={B} T={T}: " + ", ".join(f"{n} {t * 1e3:.0f} ms" for n, (t, _) in rows[B, T].items()),
+                  file=sys.stderr, flush=True)
+    if (16, 5) in rows:
+        seconds = rows[16, 5]["bilevel"][0]
+    else:
+        task.T = 5
+        seconds = bench("bilevel", EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=16).sample(16))[0]
+    consumption, rate = 16 / seconds, sampler_rate(store, 16, device)
+
+    ratios = {key: {"bilevel/floor": r["bilevel"][0] / r["floor"][0]}
+              | {f"{n}/bilevel": r[n][0] / r["bilevel"][0] for n in names[2:]} for key, r in rows.items()}
+    keys = list(ratios[next(iter(ratios))])
+    times = [[str(B), str(T), *(f"{r[n][0] * 1e3:.1f}" for n in names), *(f"{ratios[B, T][k]:.2f}" for k in keys)]
+             for (B, T), r in rows.items()]
+    times.append(["median", "", *[""] * len(names),
+                  *(f"{statistics.median(r[k] for r in ratios.values()):.2f}" for k in keys)])
+    memory = [[str(B), str(T), *(f"{r[n][1] / MiB:.1f}" for n in names)] for (B, T), r in rows.items()]
+    what = "peak allocated on the device" if device.type == "cuda" else "peak of autograd's saved tensors"
+    lines = [*header(device, skipped, args), ("Gradient check (float64) before timing, max relative difference to "
+             "bilevel: ") + ", ".join(f"{n} {d:.1e}" for n, d in diffs.items()) + ".", "",
+             *table(["B", "T", *(f"{n} (ms)" for n in names), *keys], times), "",
+             f"Memory (MiB, {what}):", "", *table(["B", "T", *names], memory), "",
+             *goals(ratios, rate, consumption, device), "", f"Wall time: {time.perf_counter() - wall:.0f} s."]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
