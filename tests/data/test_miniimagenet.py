@@ -9,7 +9,6 @@ import csv
 import os
 import pickle
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from bilevel_cli.data import miniimagenet
 from bilevel_cli.data.miniimagenet import load_miniimagenet
 from bilevel_cli.errors import UserError
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 # Written to the csv files out of wnid order, to check that classes come out sorted.
 WNIDS = {"train": ["n03", "n01", "n02"], "val": ["n05", "n04", "n06"], "test": ["n09", "n07", "n08"]}
 PER_CLASS = 6
@@ -221,13 +219,8 @@ def test_class_with_another_number_of_images_is_named(root):
 # The real test split, unpacked from shared/data where this checkout has it.
 
 @pytest.fixture(scope="session")
-def real_root(tmp_path_factory):
-    if not (SHARED_DATA / "unpack.sh").is_file():
-        pytest.skip(f"no real MiniImagenet copy at {SHARED_DATA}")
-    root = tmp_path_factory.mktemp("real-miniimagenet")
-    subprocess.run(["bash", str(SHARED_DATA / "unpack.sh"), str(root), "miniimagenet"], check=True,
-                   capture_output=True)
-    return root
+def real_root(unpack_shared):
+    return unpack_shared("miniimagenet")
 
 
 def test_real_test_split_decodes_and_caches(real_root, monkeypatch):

@@ -7,7 +7,6 @@ whether every image and label came back in its file's order and with the trainin
 import gzip
 import shutil
 import struct
-import subprocess
 import time
 import urllib.error
 import warnings
@@ -21,7 +20,6 @@ import torchvision
 from bilevel_cli.data.mnist import load_mnist
 from bilevel_cli.errors import UserError
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
@@ -240,12 +238,8 @@ def test_unreachable_network_error_is_one_line(tmp_path, monkeypatch):
 # The real data set, unpacked from shared/data where this checkout has it.
 
 @pytest.fixture(scope="session")
-def real_root(tmp_path_factory):
-    if not (SHARED_DATA / "unpack.sh").is_file():
-        pytest.skip(f"no real MNIST copy at {SHARED_DATA}")
-    root = tmp_path_factory.mktemp("real-mnist")
-    subprocess.run(["bash", str(SHARED_DATA / "unpack.sh"), str(root), "mnist"], check=True, capture_output=True)
-    return root
+def real_root(unpack_shared):
+    return unpack_shared("mnist")
 
 
 @pytest.fixture(scope="session")

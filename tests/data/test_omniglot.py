@@ -6,7 +6,6 @@ back from the 28×28 result which character a class is and whether its drawings 
 
 import hashlib
 import shutil
-import subprocess
 import time
 import urllib.error
 from pathlib import Path
@@ -20,7 +19,6 @@ from bilevel_cli.data import omniglot
 from bilevel_cli.data.omniglot import load_omniglot
 from bilevel_cli.errors import UserError
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BACKGROUND = {"Alpha": 4, "Beta": 3, "Gamma": 3}
 EVALUATION = {"Delta": 2, "Epsilon": 3, "Zeta": 2, "Eta": 3, "Theta": 2}
 CELL = 21  # 105 / 5
@@ -247,12 +245,8 @@ def test_failed_download_says_how_to_get_the_data(tmp_path, monkeypatch):
 # The real data set, unpacked from shared/data where this checkout has it.
 
 @pytest.fixture(scope="session")
-def real_root(tmp_path_factory):
-    if not (SHARED_DATA / "unpack.sh").is_file():
-        pytest.skip(f"no real Omniglot copy at {SHARED_DATA}")
-    root = tmp_path_factory.mktemp("real-omniglot")
-    subprocess.run(["bash", str(SHARED_DATA / "unpack.sh"), str(root), "omniglot"], check=True, capture_output=True)
-    return root
+def real_root(unpack_shared):
+    return unpack_shared("omniglot")
 
 
 @pytest.fixture(scope="session")
