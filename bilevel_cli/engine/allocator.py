@@ -13,9 +13,8 @@ def keep_freed_memory() -> bool:
     serves each from its own mmap and unmaps it when freed, so the next hyper-iteration faults every page
     in again: on a 2-core CPU that was more than half the time of a conv4 meta-batch of 16 episodes at T=5
     (520 ms → 219 ms: `scripts/bench_hyperiteration.py --quick` with and without `--default-malloc`). The
-    process then holds on to its peak memory, which a
-    training run reaches every hyper-iteration anyway. Returns whether glibc took the settings (other C
-    libraries: nothing is changed)."""
+    process then holds on to its peak memory, which a training run reaches every hyper-iteration anyway.
+    Returns whether glibc took the settings (other C libraries: nothing is changed)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         mallopt = libc.mallopt
