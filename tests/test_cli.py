@@ -33,7 +33,7 @@ def test_cfg_job_prints_the_composed_config(bilevel):
 
 
 def test_train_writes_the_run_directory(bilevel, tmp_path):
-    bilevel("train", *TINY)
+    bilevel("train", *TINY, "inner.learn_lr=true")
     (run,) = _run_dirs(tmp_path)
     assert {"config.yaml", "metrics.jsonl", "summary.json", "best.pt", "last.pt", "train.log"} <= {
         p.name for p in run.iterdir()}
