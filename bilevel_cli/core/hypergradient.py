@@ -103,7 +103,7 @@ def forward_step(step: Step, w: Tensors, Z: dict[str, Tensors], hparams: Tensors
     Dual tensors rather than `torch.func.jvp`: the steps call `torch.autograd.grad`, which the torch.func
     transforms do not allow inside, while forward-mode tangents do propagate through it (forward over
     reverse). Under no_grad, with fresh leaves, no graph links the steps."""
-    nxt, out = None, {}
+    nxt, out = {}, {}  # w_{t+1} is the same primal in every pass; the last pass's is kept
     with torch.no_grad():
         for key, h in hparams.items():
             columns = {k: [] for k in w}
@@ -117,9 +117,9 @@ def forward_step(step: Step, w: Tensors, Z: dict[str, Tensors], hparams: Tensors
                     for k, x in step(_leaves(state), duals, t).items():
                         primal, tangent = fwAD.unpack_dual(x)
                         columns[k].append(torch.zeros_like(primal) if tangent is None else tangent)
-                        nxt = {**(nxt or {}), k: primal}
+                        nxt[k] = primal
             out[key] = {k: torch.stack(c) for k, c in columns.items()}
-        if nxt is None:  # not one scalar hyperparameter: nothing to propagate, the step alone
+        if not nxt:  # not one scalar hyperparameter: nothing to propagate, the step alone
             nxt = step(w, {k: v.detach() for k, v in hparams.items()}, t)
     return nxt, out
 
