@@ -33,3 +33,12 @@ class WandbLogger:
     def finish(self, summary: dict) -> None:
         self.run.summary.update(summary)
         self.run.finish()
+
+
+def open_loggers(cfg, run_dir: Path, config: dict, sweep: str | None) -> list:
+    """metrics.jsonl always; wandb as `cfg` (the config's `logger` group) asks."""
+    loggers = [JsonlLogger(run_dir)]
+    if cfg.name == "wandb":
+        loggers.append(WandbLogger(run_dir, config, cfg.project, cfg.mode, cfg.group or sweep,
+                                   cfg.name_run or run_dir.name, cfg.tags))
+    return loggers

@@ -15,7 +15,7 @@ from bilevel_cli.engine import checkpoint
 from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.build import build_data, build_task
 from bilevel_cli.engine.config import check_config, resolve_device
-from bilevel_cli.engine.loggers import JsonlLogger, WandbLogger
+from bilevel_cli.engine.loggers import open_loggers
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1 / (1 + cfg.outer.decay * k))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = [JsonlLogger(run_dir)]
-    if cfg.logger.name == "wandb":
-        loggers.append(WandbLogger(run_dir, config, cfg.logger.project, cfg.logger.mode,
-                                   cfg.logger.group or sweep, cfg.logger.name_run or run_dir.name, cfg.logger.tags))
+    loggers = open_loggers(cfg.logger, run_dir, config, sweep)
     method = cfg.hypergrad.method if cfg.task.name != "joint_training" else None
     log.info(f"{cfg.task.name}, T={cfg.hypergrad.T}, hypergradient {method}, "
              f"{sum(p.numel() for p in task.parameters())} outer variables, on {device}; run dir {run_dir}")
