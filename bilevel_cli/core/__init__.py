@@ -2,7 +2,8 @@
 
 from bilevel_cli.core.hypergradient import (METHODS, forward_hypergradient, forward_step, hypergradient, tangents,
                                             unroll)
-from bilevel_cli.core.optimizers import OPTIMIZERS, InnerOptimizer, adam, gd, momentum
+from bilevel_cli.core.optimizers import (OPTIMIZERS, InnerOptimizer, InnerStep, MomentumStep, Schedule, adam, gd,
+                                        momentum)
 
-__all__ = ["METHODS", "OPTIMIZERS", "InnerOptimizer", "adam", "forward_hypergradient", "forward_step", "gd",
-           "hypergradient", "momentum", "tangents", "unroll"]
+__all__ = ["METHODS", "OPTIMIZERS", "InnerOptimizer", "InnerStep", "MomentumStep", "Schedule", "adam",
+           "forward_hypergradient", "forward_step", "gd", "hypergradient", "momentum", "tangents", "unroll"]

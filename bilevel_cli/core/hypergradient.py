@@ -15,7 +15,10 @@ implicit methods call it on states whose tensors are fresh autograd leaves (requ
 
 Three families: back-propagation through the unrolled steps (`reverse`, `truncated`, `first_order`,
 `checkpointed`), forward propagation of tangents (`forward`), and the implicit function theorem at
-w_T (`fixed_point`, `neumann`, `cg`).
+w_T (`fixed_point`, `neumann`, `cg`). Two methods of their own modules read more of the inner dynamics than
+`step` as a map, from the step objects of `bilevel_cli.core.optimizers`: `reversible` (Maclaurin et al. 2015)
+reverses heavy-ball momentum in exact arithmetic instead of storing it, and `evograd` (Bohdal et al. 2021)
+replaces the last step by an evolutionary one that needs first derivatives only.
 """
 
 import math
@@ -23,6 +26,9 @@ from typing import Callable
 
 import torch
 import torch.autograd.forward_ad as fwAD
+
+from bilevel_cli.core.evograd import evograd
+from bilevel_cli.core.reversible import reversible
 
 Tensors = dict[str, torch.Tensor]
 Step = Callable[[Tensors, Tensors, int], Tensors]
@@ -167,7 +173,8 @@ def cg(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int,
 
 
 METHODS = {"reverse": reverse, "truncated": truncated, "first_order": first_order, "checkpointed": checkpointed,
-           "forward": forward, "fixed_point": fixed_point, "neumann": neumann, "cg": cg}
+           "forward": forward, "fixed_point": fixed_point, "neumann": neumann, "cg": cg, "reversible": reversible,
+           "evograd": evograd}
 
 
 def hypergradient(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int,

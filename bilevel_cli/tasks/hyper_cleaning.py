@@ -5,7 +5,8 @@ Outer variables λ: the weights ω ∈ [0, 1]^n of the n training examples, kept
 every outer step (or, with `parametrization="sigmoid"`, ω = σ(λ) with λ free). Inner variables: a softmax
 regression (W, b) from zero on the centred pixels, trained by T steps of the inner optimizer on the weighted
 training cross-entropy (1/n) Σ_i ω_i ℓ_i. Outer loss: the validation cross-entropy of w_T. Examples whose weight ends below
-`threshold` are the ones the method flags as mislabelled; the test scores them against the truth.
+`threshold` are the ones the method flags as mislabelled; the test scores them against the truth. Any hypergradient
+method applies: `reversible` with the momentum inner optimizer, `evograd` with any.
 
 The data are the first train + val + test examples of a labelled pool, in order (MNIST: the first 20000
 training images as 5000 / 5000 / 10000), and `corrupted` of the training labels are replaced by another class,
@@ -69,9 +70,13 @@ class HyperCleaning(Task):
         return self._weights(self.omega)
 
     def hyper_iteration(self, with_metrics: bool):
-        loss, grads = hypergradient(self._step, self._outer_loss, self._w0(), {"omega": self.omega}, self.T,
+        # The hypergradient is taken in the weights, which the inner optimizer reads as they are, and carried into ω
+        # through the parametrization here: methods that read the optimizer's step object (reversible learning,
+        # EvoGrad) then get it unwrapped.
+        weights = self.weights()
+        loss, grads = hypergradient(self.optimizer.step, self._outer_loss, self._w0(), {"weights": weights}, self.T,
                                     self.method, **self.method_options)
-        self.omega.grad = grads["omega"]
+        self.omega.grad, = torch.autograd.grad(weights, self.omega, grads["weights"])
         if not with_metrics:
             return loss, None
         with torch.no_grad():
@@ -104,10 +109,6 @@ class HyperCleaning(Task):
 
     def _weights(self, omega: torch.Tensor) -> torch.Tensor:
         return omega if self.parametrization == "projection" else torch.sigmoid(omega)
-
-    def _step(self, w, hparams, t):
-        """One inner step as a function of λ: the parametrization is part of the dynamics."""
-        return self.optimizer.step(w, {"weights": self._weights(hparams["omega"])}, t)
 
     def _inner_loss(self, w, hparams):
         losses = F.cross_entropy(_logits(w, self.x_train), self.y_train, reduction="none")
