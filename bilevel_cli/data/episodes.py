@@ -20,17 +20,26 @@ class Episodes:
         return self.support_labels.shape[1], self.query_labels.shape[1]
 
 
+def check_supply(splits: dict[str, torch.Tensor], ways: int, shots: int, queries: int) -> None:
+    """Each split (classes, per_class, C, H, W) can supply N-way episodes of K + Q images per class; checked for
+    all splits before training, so that a validation split too small does not stop a run at its first validation."""
+    for name, images in sorted(splits.items(), key=lambda item: item[1].shape[:2]):
+        classes, per_class = images.shape[:2]
+        if ways > classes:
+            raise UserError(f"{ways}-way episodes need {ways} classes but the split has {classes} ({name}); lower "
+                            f"task.ways to {classes} or fewer")
+        if shots + queries > per_class:
+            raise UserError(f"{shots} shots + {queries} queries need {shots + queries} images per class but the "
+                            f"split has {per_class} ({name}); lower task.shots or task.queries to sum to {per_class} "
+                            "or fewer")
+
+
 class EpisodeSampler:
     """Samples episodes from `images` (classes, per_class, C, H, W): N distinct classes per episode,
     K + Q distinct images per class (support and query disjoint), all episodes at once."""
 
     def __init__(self, images: torch.Tensor, ways: int, shots: int, queries: int, seed: int):
-        classes, per_class = images.shape[:2]
-        if ways > classes:
-            raise UserError(f"{ways}-way episodes need {ways} classes but the split has {classes}; lower ways")
-        if shots + queries > per_class:
-            raise UserError(f"{shots} shots + {queries} queries need {shots + queries} images per class but the "
-                             f"split has {per_class}; lower shots or queries")
+        check_supply({"given": images}, ways, shots, queries)
         self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
         self.generator = torch.Generator(images.device).manual_seed(seed)
         device = images.device

@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from bilevel_cli.data import cache
 from bilevel_cli.data.rotations import with_rotations
+from bilevel_cli.errors import UserError
 
 DRAWERS = 20
 SIZE = 28
@@ -32,7 +33,11 @@ def load_glyphs(root: str | os.PathLike, seed: int = 0) -> dict[str, torch.Tenso
     splits = cache.load(path)  # None when missing, truncated or corrupt: rendered again
     if splits is None:
         splits = _render_splits(seed)
-        cache.save(splits, path)
+        try:
+            cache.save(splits, path)
+        except OSError as error:
+            raise UserError(f"cannot write the glyphs cache {path} ({error.strerror or error}); set data.root (or "
+                            "BILEVEL_DATA_DIR) to a writable folder") from None
     return splits
 
 

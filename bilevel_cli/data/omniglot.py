@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bilevel_cli.data import cache
+from bilevel_cli.data import archive, cache
 from bilevel_cli.data.rotations import with_rotations
 from bilevel_cli.errors import UserError
 
@@ -69,22 +69,29 @@ def _tree(root: Path, download: bool) -> Path:
 
 
 def _download(root: Path, name: str) -> None:
+    """Fetches {name}.zip through torchvision, which knows the URL and checksum, and extracts it with archive's
+    checks, which refuse a crafted member outright where zipfile's own extraction would quietly rename it."""
     # Imported here: torchvision.datasets takes seconds to import and only this rare path needs it.
     from torchvision.datasets import Omniglot
+    from torchvision.datasets.utils import download_url
 
+    tree = root / "omniglot-py"
     try:
-        Omniglot(str(root), background=name == "images_background", download=True)
+        download_url(f"{Omniglot.download_url_prefix}/{name}.zip", str(tree), filename=f"{name}.zip",
+                     md5=Omniglot.zips_md5[name])
     except Exception as error:  # whatever went wrong (no network, a bad checksum), the way out is the same
         reason = " ".join(str(error).split())
-        raise UserError(f"could not download Omniglot {name} into {root / 'omniglot-py'} ({reason}); get "
+        raise UserError(f"could not download Omniglot {name} into {tree} ({reason}); get "
                         f"images_background.zip and images_evaluation.zip from {_URL}, unzip both into "
-                        f"{root / 'omniglot-py'}") from error
+                        f"{tree}") from error
+    archive.extract_zip(tree / f"{name}.zip", tree)
 
 
 def _characters(tree: Path) -> list[tuple[str, list[Path]]]:
     """("set/alphabet/character", its 20 PNG paths) of every character, sorted so that splits are reproducible."""
     characters = []
     for name in SETS:
+        found = len(characters)
         for alphabet in _subfolders(tree / name):
             for character in _subfolders(alphabet):
                 pngs = sorted(Path(entry.path) for entry in os.scandir(character) if entry.name.endswith(".png"))
@@ -92,6 +99,9 @@ def _characters(tree: Path) -> list[tuple[str, list[Path]]]:
                     raise UserError(f"Omniglot character folder {character} holds {len(pngs)} drawings instead of "
                                     f"{DRAWINGS}; restore it from {_URL}")
                 characters.append((f"{name}/{alphabet.name}/{character.name}", pngs))
+        if len(characters) == found:
+            raise UserError(f"Omniglot {tree / name} holds no <alphabet>/<character>/ folders of PNG drawings; unzip "
+                            f"{name}.zip from {_URL} there or set data.download=true")
     return characters
 
 

@@ -1,5 +1,8 @@
 """From a checked config to the objects a run needs."""
 
+import importlib
+import inspect
+
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -12,12 +15,92 @@ from bilevel_cli.tasks.episodic import EpisodeProtocol
 from bilevel_cli.tasks.realtime_ho import RealTimeHO
 
 
+# The config nodes that name something to instantiate, and where in the project or in torch it may come from.
+# A config can arrive from elsewhere (a checkpoint's, an experiment file): any other `_target_` could run code.
+TARGETS = {"data": ("bilevel_cli.data.",), "backbone": ("bilevel_cli.models.", "torch.nn."),
+           "outer.optimizer": ("torch.optim.", "bilevel_cli.")}
+# For the messages: a good `_target_` of each node, and the config group option that sets it.
+EXAMPLES = {"data": ("bilevel_cli.data.glyphs.load_glyphs", "data=glyphs"),
+            "backbone": ("bilevel_cli.models.Conv4", "backbone=conv4"),
+            "outer.optimizer": ("torch.optim.Adam", "outer=adam")}
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Every `_target_` of the config sits at a node of TARGETS and names an existing callable of the project, or a
+    class of torch, under that node's prefixes: nothing else is ever imported or called."""
+    found = dict(_targets(OmegaConf.to_container(cfg, resolve=True)))
+    for key, target in found.items():
+        if key not in TARGETS:
+            raise UserError(f"{key}._target_ {target!r} is not allowed: only {', '.join(TARGETS)} may name something "
+                            "to instantiate; remove that override or key")
+        _check_target(key, target)
+    for key in ("data", "outer.optimizer"):
+        if key not in found:
+            raise UserError(f"{key} names nothing to instantiate (no {key}._target_); choose one of its config "
+                            f"group's options (e.g. {EXAMPLES[key][1]})")
+
+
+def _targets(node, path: str = ""):
+    """(dotted path of the node, its _target_) for every node of a plain config tree that has one."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield path, node["_target_"]
+        for key, child in node.items():
+            yield from _targets(child, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            yield from _targets(child, f"{path}.{i}")
+
+
+def _check_target(key: str, target) -> object:
+    """The callable `target` names, once it is known to be allowed at `key`; else a UserError."""
+    prefixes = TARGETS[key]
+    if not isinstance(target, str) or not target.startswith(prefixes):
+        raise UserError(f"{key}._target_ {target!r} is not allowed: only {' and '.join(p + '*' for p in prefixes)} "
+                        "may be instantiated there")
+    found = _locate(target)  # imports only now that the prefix is known to be this project's or torch's
+    if not callable(found) or (target.startswith("torch.") and not inspect.isclass(found)):
+        kind = "class" if target.startswith("torch.") else "function or class"
+        raise UserError(f"{key}._target_ {target!r} names no {kind}; check its spelling (e.g. {EXAMPLES[key][0]})")
+    return found
+
+
+def _locate(dotted: str):
+    """The object at a dotted path (module path, then attributes), or None."""
+    parts = dotted.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            found = getattr(found, name, None)
+        return found
+    return None
+
+
+def make(cfg: DictConfig, key: str, *args, **kwargs):
+    """What the config node `key` names, called with its values and these arguments: the one way this project
+    instantiates from a config."""
+    node = OmegaConf.select(cfg, key)
+    if not isinstance(node, DictConfig):  # e.g. an experiment without a backbone, run with a few-shot task
+        raise UserError(f"task={cfg.task.name} needs a {key}, but the config sets none; choose one "
+                        f"(e.g. {EXAMPLES[key][1]})")
+    target = _check_target(key, node.get("_target_"))
+    values = {name: value for name, value in node.items() if not name.startswith("_")}
+    try:
+        inspect.signature(target).bind(*args, **values, **kwargs)
+    except TypeError as error:  # a key the callee does not take, or one it needs missing
+        raise UserError(f"{key} does not fit {node._target_}: {error}; remove or rename that key") from None
+    # Partial, then called here: instantiate would wrap the callee's UserError (a one-line message) in its own
+    # multi-line one. Not recursive: a nested `_target_` is never instantiated.
+    return instantiate(node, _partial_=True, _recursive_=False)(*args, **kwargs)
+
+
 def build_data(cfg: DictConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """The data set's tensors on `device`: uint8 image stores (classes, per_class, C, H, W) by split for the
     few-shot data sets, a labelled pool {"images", "labels"} for the others."""
-    # Built partial and called here: instantiate would wrap the loader's UserError (a one-line message).
-    load = instantiate(cfg.data, _partial_=True)
-    return {key: tensor.to(device) for key, tensor in load().items()}
+    return {key: tensor.to(device) for key, tensor in make(cfg, "data").items()}
 
 
 def build_task(cfg: DictConfig, data: dict[str, torch.Tensor]) -> Task:
@@ -43,7 +126,7 @@ def _episodic(cfg: DictConfig, data: dict) -> tuple[EpisodeProtocol, torch.nn.Mo
     protocol = EpisodeProtocol(data, ep.ways, ep.shots, ep.queries, ep.meta_batch, seed=cfg.seed,
                                eval_seed=tr.eval_seed, eval_batch=tr.eval_batch, val_episodes=tr.val_episodes,
                                test_episodes=tr.test_episodes, T_candidates=list(tr.select_T))
-    backbone = instantiate(cfg.backbone, in_channels=data["train"].shape[2])
+    backbone = make(cfg, "backbone", in_channels=data["train"].shape[2])
     inner = dict(inner=cfg.inner.name, inner_lr=cfg.inner.lr, inner_options=OmegaConf.to_container(cfg.inner.options))
     return protocol, backbone, inner
 

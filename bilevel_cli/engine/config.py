@@ -1,23 +1,26 @@
 """Checks of a composed config before any work starts, each failing with one line that names the fix."""
 
+from pathlib import Path
+
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from bilevel_cli.core import METHODS, OPTIMIZERS
-from bilevel_cli.engine.build import BUILDERS
+from bilevel_cli.engine.build import BUILDERS, check_targets
 from bilevel_cli.errors import UserError
 from bilevel_cli.models.batchnorm import NORMS
 
 # key: the smallest value allowed
 INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.queries": 1, "task.meta_batch": 1,
             "trainer.steps": 1, "trainer.log_every": 1, "trainer.val_every": 1, "trainer.val_episodes": 1,
-            "trainer.test_episodes": 1, "trainer.eval_batch": 1,
+            "trainer.test_episodes": 1, "trainer.eval_batch": 1, "trainer.max_bad_steps": 1,
             "task.train": 1, "task.val": 1, "task.test": 1, "task.corrupted": 0}
-# key: whether zero is allowed
-NUMBERS = {"inner.lr": False, "outer.optimizer.lr": False, "outer.decay": True}
+# key: whether zero is allowed, a sensible value
+NUMBERS = {"inner.lr": (False, 0.1), "outer.optimizer.lr": (False, 0.001), "outer.decay": (True, 0)}
 CHOICES = {"task.name": tuple(BUILDERS), "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS}
-# Hydra instantiates `_target_`s from the config: only classes and functions of this project and of torch.
-TRUSTED_TARGETS = ("bilevel_cli.", "torch.")
 ABSENT = object()
 
 
@@ -28,21 +31,22 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise UserError(f"{key} must be an integer >= {minimum}, got {value!r} (e.g. {key}={max(minimum, 5)})")
-    for key, zero_ok in NUMBERS.items():
-        value = OmegaConf.select(cfg, key)
+    for key, (zero_ok, example) in NUMBERS.items():
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is ABSENT:
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not zero_ok):
-            raise UserError(f"{key} must be a {'non-negative' if zero_ok else 'positive'} number, got {value!r}")
+            raise UserError(f"{key} must be a {'non-negative' if zero_ok else 'positive'} number, got {value!r} "
+                            f"(e.g. {key}={example})")
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in choices:
             raise UserError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
-    for key in ("data", "backbone", "outer.optimizer"):
-        target = OmegaConf.select(cfg, f"{key}._target_", default=ABSENT)
-        if key == "backbone" and target is ABSENT:  # tasks without a backbone
-            continue
-        if not isinstance(target, str) or not target.startswith(TRUSTED_TARGETS):
-            raise UserError(f"{key}._target_ {target!r} is not allowed: only bilevel_cli.* and torch.* may be "
-                            "instantiated from a config")
+    check_targets(cfg)
+    resume = OmegaConf.select(cfg, "resume", default=None)
+    if resume not in (None, True, False):
+        raise UserError(f"resume must be true, false or null, got {resume!r} (resume=true continues the run in "
+                        "hydra.run.dir)")
     patience = OmegaConf.select(cfg, "trainer.patience")
     if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
         raise UserError(f"trainer.patience must be null or an integer >= 1, got {patience!r}")
@@ -50,9 +54,37 @@ def check_config(cfg: DictConfig) -> None:
     if not all(isinstance(T, int) and not isinstance(T, bool) and T >= 1 for T in candidates):
         raise UserError(f"trainer.select_T must be a list of integers >= 1, got {list(candidates)} "
                         "(e.g. 'trainer.select_T=[1,3,5,10]')")
-    options = OmegaConf.select(cfg, "hypergrad.options") or {}
-    if "K" in options and not 0 <= options["K"] <= cfg.hypergrad.T:
-        raise UserError(f"hypergrad.options.K must be in [0, hypergrad.T={cfg.hypergrad.T}], got {options['K']}")
+    method, options = cfg.hypergrad.method, OmegaConf.select(cfg, "hypergrad.options") or {}
+    K = options.get("K", 0)  # truncated's back-propagated steps (EvoGrad's K, its number of copies, is free)
+    if method == "truncated" and (not isinstance(K, int) or isinstance(K, bool) or not 0 <= K <= cfg.hypergrad.T):
+        raise UserError(f"hypergrad.options.K must be in [0, hypergrad.T={cfg.hypergrad.T}], got {K!r}")
+    inner = OmegaConf.select(cfg, "inner.name")
+    if method == "reversible" and inner != "momentum":
+        raise UserError(f"hypergrad=reversible reverses heavy-ball momentum; use inner=momentum (got inner={inner})")
+
+
+def check_group_options(argv: list[str], config_dir: str | Path) -> None:
+    """Every config group option that the command line `argv` names (`backbone=nope`, `-m hypergrad=reverse,nope`)
+    is a file of its group. Meant to run before Hydra composes: Hydra's own report of a missing option is a dozen
+    lines and exit code 1."""
+    groups = {folder.name: folder for folder in Path(config_dir).iterdir() if folder.is_dir()}
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:  # Hydra's flags and their values
+            continue
+        try:
+            (override,) = parser.parse_overrides([arg])
+        except HydraException:  # a syntax error, which Hydra reports in one line itself
+            continue
+        folder = groups.get(override.key_or_group)
+        if folder is None or override.is_delete() or override.value_type not in (
+                ValueType.ELEMENT, ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
+            continue
+        options = sorted(file.stem for file in folder.glob("*.yaml"))
+        chosen = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+        for option in chosen:
+            if option is not None and option not in options:
+                raise UserError(f"unknown {folder.name} {option!r}; choose one of: {', '.join(options)}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -30,12 +30,9 @@ def evaluate_checkpoint(path: str, overrides: list[str], run_dir: Path) -> dict:
                             "(override single values such as hypergrad.T=10 or task.ways=20)")
         OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
     check_config(cfg)
+    checkpoint.check_compatible(state, cfg, path)
     task = build_task(cfg, build_data(cfg, resolve_device(cfg.device)))
-    try:
-        task.load_state_dict(state["task"])
-    except RuntimeError as error:
-        raise UserError(f"checkpoint {path} does not fit the config's task settings: "
-                        f"{str(error).splitlines()[0]}") from None
+    checkpoint.load_task_state(task, state, path)
     test = task.test()
     summary = {**test, "task": cfg.task.name, "T": cfg.hypergrad.T, "checkpoint": str(Path(path).resolve()),
                "checkpoint_step": state.get("step")}

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bilevel_cli.data.episodes import EpisodeSampler
+from bilevel_cli.data.episodes import Episodes, EpisodeSampler, check_supply
+from bilevel_cli.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,23 @@ class EpisodeProtocol:
     T_candidates: list[int] = field(default_factory=list)  # for T re-selected on meta-validation
 
     def __post_init__(self):
+        check_supply(self.splits, self.ways, self.shots, self.queries)
         self.sampler = EpisodeSampler(self.splits["train"], self.ways, self.shots, self.queries, seed=self.seed)
+        self.part = slice(None)  # of the meta-batch's episodes, that this process trains on
+
+    def shard(self, rank: int, world: int) -> None:
+        """Part `rank` of `world` equal parts of every meta-batch (one run on several processes)."""
+        if self.meta_batch % world:
+            raise UserError(f"task.meta_batch={self.meta_batch} does not split into {world} equal parts, one per "
+                            f"process; use a multiple of {world}")
+        size = self.meta_batch // world
+        self.part = slice(rank * size, (rank + 1) * size)
+
+    def training_episodes(self) -> Episodes:
+        """The next meta-batch, or this process's part of it: every process draws the whole meta-batch's indices
+        from the same generator, so that the parts together are the episodes one process would train on."""
+        classes, picked = self.sampler.draw(self.meta_batch)
+        return self.sampler.gather(classes[self.part], picked[self.part])
 
     def evaluate(self, task, split: str, episodes: int) -> dict[str, float]:
         return evaluate(task, self.splits[split], self.ways, self.shots, self.queries, episodes, self.eval_seed,

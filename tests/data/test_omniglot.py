@@ -8,11 +8,13 @@ import hashlib
 import shutil
 import time
 import urllib.error
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+import torchvision.datasets.utils
 from PIL import Image, ImageDraw
 
 from bilevel_cli.data import omniglot
@@ -212,34 +214,61 @@ def test_unknown_split_is_refused(root):
     assert "data.split=vinyals" in _error(root, split="vinyals")
 
 
-class _FakeTorchvisionOmniglot:
-    """Stands in for torchvision.datasets.Omniglot: records its calls and writes the set a download would."""
+def _fake_download(calls: list):
+    """Stands in for torchvision's download_url: records its calls and writes the zip of the set it would fetch."""
+    def download_url(url, root, filename=None, md5=None):
+        calls.append((url, root, filename))
+        name = Path(filename).stem
+        alphabets, first = (BACKGROUND, 1) if name == "images_background" else (EVALUATION, 100)
+        staging = Path(root) / "staging"
+        _write_set(staging, name, alphabets, first)
+        with zipfile.ZipFile(Path(root) / filename, "w") as archive:
+            for file in sorted(staging.rglob("*")):
+                archive.write(file, file.relative_to(staging).as_posix())
+        shutil.rmtree(staging)
+    return download_url
+
+
+def test_download_fetches_and_extracts_both_sets_into_root(tmp_path, monkeypatch):
     calls = []
-
-    def __init__(self, root, background=True, download=False):
-        self.calls.append((root, background, download))
-        name, alphabets = ("images_background", BACKGROUND) if background else ("images_evaluation", EVALUATION)
-        _write_set(Path(root) / "omniglot-py", name, alphabets, 1 if background else 100)
-
-
-def test_download_fetches_both_sets_into_root(tmp_path, monkeypatch):
-    _FakeTorchvisionOmniglot.calls = []
-    monkeypatch.setattr(torchvision.datasets, "Omniglot", _FakeTorchvisionOmniglot)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", _fake_download(calls))
     splits = load_omniglot(tmp_path, download=True)
-    assert sorted(_FakeTorchvisionOmniglot.calls) == [(str(tmp_path), False, True), (str(tmp_path), True, True)]
+    tree = str(tmp_path / "omniglot-py")
+    assert sorted(calls) == [
+        (f"{torchvision.datasets.Omniglot.download_url_prefix}/{name}.zip", tree, f"{name}.zip")
+        for name in ("images_background", "images_evaluation")]
     assert sum(len(images) for images in splits.values()) == 4 * (sum(BACKGROUND.values()) + sum(EVALUATION.values()))
     load_omniglot(tmp_path, download=True)  # nothing missing now: no second download
-    assert len(_FakeTorchvisionOmniglot.calls) == 2
+    assert len(calls) == 2
+
+
+def test_downloaded_zip_with_a_member_outside_the_tree_is_refused(tmp_path, monkeypatch):
+    def crafted(url, root, filename=None, md5=None):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(Path(root) / filename, "w") as archive:
+            archive.writestr("../../evil.txt", "written outside the data folder")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", crafted)
+    message = _error(tmp_path, download=True)
+    assert message.startswith("refusing to extract") and "'../../evil.txt'" in message
+    assert not (tmp_path.parent / "evil.txt").exists()
 
 
 def test_failed_download_says_how_to_get_the_data(tmp_path, monkeypatch):
-    def offline(root, background=True, download=False):
+    def offline(url, root, filename=None, md5=None):
         raise urllib.error.URLError("[Errno -3] Temporary failure\nin name resolution")
 
-    monkeypatch.setattr(torchvision.datasets, "Omniglot", offline)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", offline)
     message = _error(tmp_path, download=True)
     assert str(tmp_path / "omniglot-py") in message
     assert "github.com/brendenlake/omniglot" in message and "images_background.zip" in message
+
+
+def test_set_without_character_folders_is_named(root):
+    shutil.rmtree(root / "omniglot-py" / "images_background")
+    (root / "omniglot-py" / "images_background").mkdir()
+    message = _error(root)
+    assert str(root / "omniglot-py" / "images_background") in message and "no <alphabet>/<character>/" in message
 
 
 # The real data set, unpacked from shared/data where this checkout has it.

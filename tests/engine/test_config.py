@@ -20,9 +20,19 @@ def _compose(*overrides, name="train"):
         return compose(name, overrides=list(overrides), return_hydra_config=False)
 
 
+# Options that need another group's option: reversible learning undoes heavy-ball momentum steps.
+COMPANIONS = {("hypergrad", "reversible"): ["inner=momentum"]}
+
+
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
 def test_every_group_option_composes_and_checks(group, option):
-    check_config(_compose(f"{group}={option}"))
+    check_config(_compose(f"{group}={option}", *COMPANIONS.get((group, option), [])))
+
+
+def test_reversible_learning_needs_momentum():
+    with pytest.raises(UserError, match=r"hypergrad=reversible reverses heavy-ball momentum; use inner=momentum "
+                                        r"\(got inner=gd\)"):
+        check_config(_compose("hypergrad=reversible"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -56,3 +66,4 @@ def test_bad_values_fail_the_checks(override, message):
 def test_truncation_longer_than_T_is_refused():
     with pytest.raises(UserError, match=r"hypergrad.options.K must be in \[0, hypergrad.T=5\], got 9"):
         check_config(_compose("hypergrad=truncated", "hypergrad.options.K=9"))
+    check_config(_compose("hypergrad=evograd", "hypergrad.options.K=16"))  # EvoGrad's K counts copies, not steps
