@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from bilevel_cli.errors import UserError
+from bilevel_cli.errors import Interrupted, UserError
 
 # An absolute path: Hydra then reads the YAML files directly, from a source checkout or an installed wheel.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
@@ -18,6 +18,7 @@ USAGE = """usage: bilevel <command> [key=value ...] [-m] [--cfg job] [--help]
 commands:
   train   learn a hyper-representation (bilevel few-shot learning); `bilevel train --help` lists the config
   eval    test a trained checkpoint: bilevel eval checkpoint=outputs/train/<run>/best.pt [key=value ...]
+  compare compare runs: bilevel compare PATH... [--paper] [--out DIR] (table over seeds, HTML report, plots)
 
 examples:
   bilevel train                                  glyphs 5-way 1-shot, offline, a few minutes on a CPU
@@ -55,6 +56,9 @@ def _reporting(function, *args):
     except UserError as error:
         print(f"bilevel: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        print(f"bilevel: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,9 +67,20 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
+    if command == "compare":  # a plain argparse command: it reads run directories, composes no config
+        from bilevel_cli.report.command import compare
+
+        return _reporting(compare, rest)
     if command not in APPS:
-        print(f"bilevel: error: unknown command {command!r}; choose one of: {', '.join(APPS)} (see bilevel --help)",
-              file=sys.stderr)
+        print(f"bilevel: error: unknown command {command!r}; choose one of: {', '.join([*APPS, 'compare'])} "
+              "(see bilevel --help)", file=sys.stderr)
         sys.exit(2)
+    from bilevel_cli.engine.config import check_group_options
+
+    _reporting(check_group_options, rest, CONFIG_DIR)  # before Hydra, whose report of a missing option is long
+    if command == "train":
+        from bilevel_cli.engine.distributed import hydra_overrides
+
+        rest = [*rest, *_reporting(hydra_overrides, rest)]  # one run directory for all torchrun processes
     sys.argv = [f"bilevel {command}", *rest]  # Hydra reads its overrides and flags from sys.argv
     APPS[command]()

@@ -24,7 +24,7 @@ def test_help_lists_the_commands(bilevel):
 def test_unknown_command_is_one_line_and_exit_2(bilevel):
     done = bilevel("fit", check=False)
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "bilevel: error: unknown command 'fit'; choose one of: train, eval (see bilevel --help)"]
+        "bilevel: error: unknown command 'fit'; choose one of: train, eval, compare (see bilevel --help)"]
 
 
 def test_cfg_job_prints_the_composed_config(bilevel):

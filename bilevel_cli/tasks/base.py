@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from bilevel_cli.errors import UserError
+
 
 class Task(nn.Module):
     """A bilevel problem with its data. Its trainable parameters are the outer variables λ; its state_dict is
@@ -15,6 +17,16 @@ class Task(nn.Module):
         """Draws the task's batch, computes the outer loss and leaves its hypergradient in the .grad of the
         outer variables. Returns (outer loss as a 0-dim tensor, metrics for the log when asked, else None)."""
         raise NotImplementedError
+
+    def generators(self) -> list[torch.Generator]:
+        """The task's own random number generators (e.g. an episode sampler's): a checkpoint keeps their state."""
+        return []
+
+    def shard(self, rank: int, world: int) -> None:
+        """From now on, take only part `rank` of `world` of every hyper-iteration's batch (one run on several
+        processes; the engine averages the hypergradients). Tasks whose batch does not split say so."""
+        raise UserError(f"task {type(self).__name__} cannot split its hyper-iterations across processes; "
+                        "run it without torchrun")
 
     def constrain(self) -> None:
         """Called after every outer step: projects λ back onto its feasible set, if it has one."""

@@ -65,13 +65,19 @@ class HyperRepresentation(Task):
         return optimizer.step, outer_loss, w0, hparams
 
     def hyper_iteration(self, with_metrics: bool):
-        loss, accuracy = self.training_step(self.protocol.sampler.sample(self.protocol.meta_batch), with_metrics)
+        loss, accuracy = self.training_step(self.protocol.training_episodes(), with_metrics)
         if not with_metrics:
             return loss, None
         metrics = {"train_acc": 100 * accuracy.mean().item()}
         if isinstance(self.inner_lr, nn.Parameter):
             metrics["inner_lr"] = self.inner_lr.item()
         return loss, metrics
+
+    def generators(self) -> list[torch.Generator]:
+        return [self.protocol.sampler.generator]
+
+    def shard(self, rank: int, world: int) -> None:
+        self.protocol.shard(rank, world)
 
     def validate(self) -> dict[str, float]:
         val = self.protocol.evaluate(self, "val", self.protocol.val_episodes)

@@ -1,0 +1,80 @@
+"""What continuing a run needs beyond the weights: which checkpoint to continue, whether it fits the
+config, and every random number generator's state, so that a resumed run is bit-for-bit the uninterrupted one."""
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bilevel_cli.errors import UserError
+
+# Config keys a resumed run may change: how long and how verbosely it runs, not what it computes.
+MAY_CHANGE = {"resume", "device", "logger", "trainer.steps", "trainer.patience", "trainer.log_every",
+              "trainer.max_bad_steps"}
+
+
+def checkpoint_to_resume(resume: bool | None, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from, or None to start fresh. `resume=null` (the default) continues when the
+    run directory holds one (a rerun in the same directory, a requeued job); `true` insists; `false` refuses
+    to start over on top of a run's checkpoints, which would lose them."""
+    last = run_dir / "last.pt"
+    if (run_dir / "summary.json").is_file() and last.is_file():
+        raise UserError(f"{run_dir} holds a finished run (summary.json); choose another directory "
+                        "(hydra.run.dir=...) or test it with bilevel eval checkpoint=" + str(run_dir / "best.pt"))
+    if resume is False and last.is_file():
+        raise UserError(f"{run_dir} already holds a run's checkpoint; pass resume=true to continue it, "
+                        "or choose another directory with hydra.run.dir=...")
+    if resume is True and not last.is_file():
+        raise UserError(f"resume=true but {last} does not exist; point hydra.run.dir at the run directory "
+                        "to continue (e.g. hydra.run.dir=outputs/train/2026-12-01_10-00-00)")
+    return last if last.is_file() and resume is not False else None
+
+
+def check_resumable(saved: dict, config: dict, path: Path) -> None:
+    """A checkpoint continues only the computation it started: every key outside MAY_CHANGE must agree."""
+    differing = [key for key in sorted(_flatten(saved).keys() | _flatten(config).keys())
+                 if not _may_change(key) and _flatten(saved).get(key) != _flatten(config).get(key)]
+    if differing:
+        key = differing[0]
+        raise UserError(f"cannot resume {path}: the config differs from the checkpoint's in {', '.join(differing)} "
+                        f"({key}: {_flatten(saved).get(key)!r} there, {_flatten(config).get(key)!r} now); "
+                        "drop those overrides or start a new run in another directory")
+
+
+def rng_state(generators: list[torch.Generator]) -> dict:
+    """Every generator a hyper-iteration may draw from: the global ones and the task's own."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state(), "python": random.getstate(),
+            "task": [g.get_state() for g in generators]}
+
+
+def set_rng_state(state: dict, generators: list[torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(state["python"])
+    for generator, saved in zip(generators, state["task"], strict=True):
+        generator.set_state(saved)
+
+
+def _numpy_state() -> tuple:
+    """NumPy's generator state with its key array as a tensor: checkpoints load with weights_only=True."""
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _may_change(key: str) -> bool:
+    return any(key == allowed or key.startswith(allowed + ".") for allowed in MAY_CHANGE)
