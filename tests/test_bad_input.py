@@ -175,7 +175,7 @@ def test_cli_crafted_checkpoint_runs_no_code(cli, tmp_path):
     (["backbone=nope"], "backbone", "nope"), (["hypergrad=nope"], "hypergrad", "nope"), (["inner=sgd"], "inner", "sgd"),
     (["outer=sgd"], "outer", "sgd"), (["data=nope"], "data", "nope"), (["task=nope"], "task", "nope"),
     (["experiment=nope"], "experiment", "nope"), (["+experiment=nope"], "experiment", "nope"),
-    (["-m", "hypergrad=reverse,nope"], "hypergrad", "nope"),
+    (["-m", "hypergrad=reverse,nope"], "hypergrad", "nope"), (["logger=[wandb,nope]"], "logger", "nope"),
 ])
 def test_unknown_group_option_lists_the_options(argv, group, option):
     options = sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml"))
@@ -184,7 +184,7 @@ def test_unknown_group_option_lists_the_options(argv, group, option):
 
 
 @pytest.mark.parametrize("argv", [["backbone=resnet12", "hypergrad=truncated"], ["-m", "hypergrad=reverse,forward"],
-                                  ["--cfg", "job"], ["~backbone"], ["hypergrad.T=3"]])
+                                  ["--cfg", "job"], ["~backbone"], ["hypergrad.T=3"], ["logger=[wandb,tensorboard]"]])
 def test_known_group_options_pass(argv):
     check_group_options(argv, CONFIG_DIR)
 

@@ -82,9 +82,11 @@ def check_group_options(argv: list[str], config_dir: str | Path) -> None:
             continue
         options = sorted(file.stem for file in folder.glob("*.yaml"))
         chosen = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
-        for option in chosen:
-            if option is not None and option not in options:
-                raise UserError(f"unknown {folder.name} {option!r}; choose one of: {', '.join(options)}")
+        for choice in chosen:
+            # A list selects several options of the group at once (logger=[wandb,tensorboard]).
+            for option in choice if isinstance(choice, list) else [choice]:
+                if option is not None and option not in options:
+                    raise UserError(f"unknown {folder.name} {option!r}; choose one of: {', '.join(options)}")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bilevel_cli.engine.loggers import flatten
 from bilevel_cli.errors import UserError
 
 # Config keys a resumed run may change: how long and how verbosely it runs, not what it computes.
@@ -33,12 +34,12 @@ def checkpoint_to_resume(resume: bool | None, run_dir: Path) -> Path | None:
 
 def check_resumable(saved: dict, config: dict, path: Path) -> None:
     """A checkpoint continues only the computation it started: every key outside MAY_CHANGE must agree."""
-    differing = [key for key in sorted(_flatten(saved).keys() | _flatten(config).keys())
-                 if not _may_change(key) and _flatten(saved).get(key) != _flatten(config).get(key)]
+    was, now = flatten(saved), flatten(config)
+    differing = [key for key in sorted(was.keys() | now.keys()) if not _may_change(key) and was.get(key) != now.get(key)]
     if differing:
         key = differing[0]
         raise UserError(f"cannot resume {path}: the config differs from the checkpoint's in {', '.join(differing)} "
-                        f"({key}: {_flatten(saved).get(key)!r} there, {_flatten(config).get(key)!r} now); "
+                        f"({key}: {was.get(key)!r} there, {now.get(key)!r} now); "
                         "drop those overrides or start a new run in another directory")
 
 
@@ -64,16 +65,6 @@ def _numpy_state() -> tuple:
     """NumPy's generator state with its key array as a tensor: checkpoints load with weights_only=True."""
     name, keys, position, has_gauss, gauss = np.random.get_state()
     return name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _may_change(key: str) -> bool:
