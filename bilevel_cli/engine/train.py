@@ -69,7 +69,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
                                               "rng": rng_state(task.generators()), "run": run})
 
     best = run["best"]
-    start = window_start = time.perf_counter() - run["wall_time"]
+    window_start = time.perf_counter()
+    start = window_start - run["wall_time"]  # wall time counts the earlier attempts of a resumed run too
     window_loss, window_steps = run["window"]
     step = run["step"]
     # disable=None: no bar when stderr is not a terminal (batch jobs); the log still says every validation.
