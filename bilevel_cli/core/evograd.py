@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-Tensors = dict[str, torch.Tensor]
+from bilevel_cli.core import autodiff as ad
+from bilevel_cli.core.autodiff import Tensors
 
 
 def evograd(step, outer_loss: Callable, w0: Tensors, hparams: Tensors, T: int, K: int = 2, sigma: float = 1e-3,
@@ -37,7 +38,7 @@ def evograd(step, outer_loss: Callable, w0: Tensors, hparams: Tensors, T: int, K
     if T > 0:
         w = {**w, **_evolve(objective, w, hparams, T - 1, K, sigma, tau, seed)}
     value = outer_loss(w, hparams)
-    return value.detach(), _grad(value, hparams)
+    return value.detach(), ad.grad(value, hparams)
 
 
 def _evolve(objective: Callable, w: Tensors, hparams: Tensors, t: int, K: int, sigma: float, tau: float,
@@ -53,9 +54,3 @@ def _evolve(objective: Callable, w: Tensors, hparams: Tensors, t: int, K: int, s
         weights = torch.softmax(-losses / tau, dim=0)
         return {k: torch.tensordot(weights.to(c.dtype), c, dims=1) for k, c in copies.items()}
 
-
-def _grad(value: torch.Tensor, hparams: Tensors) -> Tensors:
-    """dE/dλ by key of hparams, an exact zero for an entry E does not depend on."""
-    inputs = list(hparams.values())
-    grads = torch.autograd.grad(value, inputs, allow_unused=True) if value.requires_grad else [None] * len(inputs)
-    return {k: torch.zeros_like(h) if g is None else g for (k, h), g in zip(hparams.items(), grads)}

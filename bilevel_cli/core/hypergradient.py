@@ -27,10 +27,11 @@ from typing import Callable
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from bilevel_cli.core import autodiff as ad
+from bilevel_cli.core.autodiff import Tensors
 from bilevel_cli.core.evograd import evograd
 from bilevel_cli.core.reversible import reversible
 
-Tensors = dict[str, torch.Tensor]
 Step = Callable[[Tensors, Tensors, int], Tensors]
 OuterLoss = Callable[[Tensors, Tensors], torch.Tensor]
 
@@ -49,7 +50,7 @@ def truncated(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, 
         w = unroll(step, w0, hparams, T - K)
     w = unroll(step, w, hparams, T, start=T - K)
     value = outer_loss(w, hparams)
-    return value.detach(), _grad(value, hparams)
+    return value.detach(), ad.grad(value, hparams)
 
 
 def first_order(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int):
@@ -74,11 +75,11 @@ def checkpointed(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensor
         for s in starts:
             checkpoints.append(w)
             w = unroll(step, w, hparams, min(s + segment, T), start=s)
-    value, adjoint, grads = _outer_gradients(outer_loss, w, hparams)
+    value, adjoint, grads = ad.outer_gradients(outer_loss, w, hparams)
     for s, w_s in zip(reversed(starts), reversed(checkpoints)):
-        w_s = _leaves(w_s)
+        w_s = ad.leaves(w_s)
         w_end = unroll(step, w_s, hparams, min(s + segment, T), start=s)
-        vjp = _vjp(w_end, adjoint, [*w_s.values(), *hparams.values()])
+        vjp = ad.vjp(w_end, adjoint, [*w_s.values(), *hparams.values()])
         adjoint = dict(zip(w_s, vjp[:len(w_s)]))
         grads = {k: g + d for (k, g), d in zip(grads.items(), vjp[len(w_s):])}
     return value, grads
@@ -120,7 +121,7 @@ def forward_step(step: Step, w: Tensors, Z: dict[str, Tensors], hparams: Tensors
                     duals = {k: fwAD.make_dual(v.detach(), direction.view(h.shape)) if k == key else v.detach()
                              for k, v in hparams.items()}
                     state = {k: fwAD.make_dual(x.detach(), Z[key][k][i]) for k, x in w.items()}
-                    for k, x in step(_leaves(state), duals, t).items():
+                    for k, x in step(ad.leaves(state), duals, t).items():
                         primal, tangent = fwAD.unpack_dual(x)
                         columns[k].append(torch.zeros_like(primal) if tangent is None else tangent)
                         nxt[k] = primal
@@ -132,7 +133,7 @@ def forward_step(step: Step, w: Tensors, Z: dict[str, Tensors], hparams: Tensors
 
 def forward_hypergradient(outer_loss: OuterLoss, w: Tensors, Z: dict[str, Tensors], hparams: Tensors):
     """(E(w, λ), dE/dλ = (∂E/∂w) Z + ∂E/∂λ) at a state w whose tangents Z = dw/dλ were carried forward."""
-    value, dE_dw, direct = _outer_gradients(outer_loss, w, hparams)
+    value, dE_dw, direct = ad.outer_gradients(outer_loss, w, hparams)
     grads = {}
     for key, h in hparams.items():
         indirect = sum((Z[key][k] * dE_dw[k]).flatten(1).sum(1) for k in w) if w else 0.0
@@ -198,47 +199,14 @@ def unroll(step: Step, w: Tensors, hparams: Tensors, T: int, start: int = 0) -> 
     return w
 
 
-def _grad(value: torch.Tensor, hparams: Tensors) -> Tensors:
-    return dict(zip(hparams, _vjp({"E": value}, {"E": torch.ones_like(value)}, list(hparams.values()))))
-
-
-def _leaves(w: Tensors) -> Tensors:
-    """Each state tensor as a fresh autograd leaf that keeps its forward-mode tangent, if any: the graph
-    of what follows starts here, and the inner optimizers differentiate at it as it is instead of
-    detaching it (which would drop the tangent)."""
-    out = {}
-    for k, x in w.items():
-        primal, tangent = fwAD.unpack_dual(x)
-        # The dual is made first and marked second: a dual made of a leaf under no_grad is cut from it.
-        out[k] = (primal.detach() if tangent is None else fwAD.make_dual(primal.detach(), tangent)).requires_grad_()
-    return out
-
-
-def _vjp(outputs: Tensors, cotangent: Tensors, inputs: list[torch.Tensor], retain_graph: bool = False):
-    """Σ_k cotangent[k]ᵀ ∂outputs[k]/∂x for each x in inputs, 0 for an input nothing depends on."""
-    # The others are constants, e.g. E under first_order when it has no direct term.
-    keys = [k for k, y in outputs.items() if y.requires_grad]
-    grads = torch.autograd.grad([outputs[k] for k in keys], inputs, [cotangent[k] for k in keys],
-                                retain_graph=retain_graph, allow_unused=True) if keys else [None] * len(inputs)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
-
-
-def _outer_gradients(outer_loss: OuterLoss, w: Tensors, hparams: Tensors):
-    """(E(w, λ) detached, ∂E/∂w by key of w, ∂E/∂λ by key of hparams), with w a constant."""
-    w = _leaves(w)
-    value = outer_loss(w, hparams)
-    grads = _vjp({"E": value}, {"E": torch.ones_like(value)}, [*w.values(), *hparams.values()])
-    return value.detach(), dict(zip(w, grads[:len(w)])), dict(zip(hparams, grads[len(w):]))
-
-
 def _implicit(step: Step, outer_loss: OuterLoss, w0: Tensors, hparams: Tensors, T: int, solve):
     """∂E/∂λ + (∂Φ/∂λ)ᵀv at w_T, with v = solve(v ↦ (∂Φ/∂w)ᵀv, ∂E/∂w) and Φ = step(·, λ, T)."""
     with torch.no_grad():
-        w = _leaves(unroll(step, w0, hparams, T))
-    value, dE_dw, direct = _outer_gradients(outer_loss, w, hparams)
+        w = ad.leaves(unroll(step, w0, hparams, T))
+    value, dE_dw, direct = ad.outer_gradients(outer_loss, w, hparams)
     phi = step(w, hparams, T)
-    v = solve(lambda u: dict(zip(w, _vjp(phi, u, list(w.values()), retain_graph=True))), dE_dw)
-    indirect = _vjp(phi, v, list(hparams.values()))
+    v = solve(lambda u: dict(zip(w, ad.vjp(phi, u, list(w.values()), retain_graph=True))), dE_dw)
+    indirect = ad.vjp(phi, v, list(hparams.values()))
     return value, {k: d + i for (k, d), i in zip(direct.items(), indirect)}
 
 

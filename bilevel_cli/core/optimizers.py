@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from bilevel_cli.core.hypergradient import Tensors
+from bilevel_cli.core.autodiff import Tensors
 
 Loss = Callable[[Tensors, Tensors], torch.Tensor]
 Gradient = Callable[[Tensors, Tensors], Tensors]

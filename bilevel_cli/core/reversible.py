@@ -27,7 +27,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
-Tensors = dict[str, torch.Tensor]
+from bilevel_cli.core import autodiff as ad
+from bilevel_cli.core.autodiff import Tensors
 
 MOMENTUM_BITS = 30  # γ_t is applied as n_t / 2^30, so 1 ≤ n_t ≤ 2^30 and every product below fits in int64
 LIMB_BITS = 32  # the buffer's digits, base 2^32, one per int64: a digit times a radix ≤ 2^30 stays below 2^62
@@ -63,7 +64,7 @@ def reversible(step, outer_loss: Callable, w0: Tensors, hparams: Tensors, T: int
     state = start
     for t in range(T):
         state = exact_step(step, state, hparams, t)
-    value, adjoint, grads = _outer_gradients(outer_loss, from_exact(state), hparams)
+    value, adjoint, grads = ad.outer_gradients(outer_loss, from_exact(state), hparams)
     for t in reversed(range(T)):
         state, leaves, gradient = _retreat(step, state, hparams, t)
         adjoint, contribution = _step_vjp(step, state, leaves, gradient, hparams, t, adjoint)
@@ -134,21 +135,11 @@ def _step_vjp(step, before: ExactState, leaves: Tensors, gradient: Tensors, hpar
         eta, gamma = step.lr(hparams, t), _applied_momentum(step.momentum(hparams, t))
         v_next = {k: gamma * velocity[k] + g for k, g in gradient.items()}
         w_next = {k: leaves[k] - eta * v for k, v in v_next.items()}
-    outputs = [*w_next.values(), *v_next.values()]
-    cotangents = [*(adjoint[k] for k in w_next), *(adjoint[f"{k}@velocity"] for k in v_next)]
-    vjp = _vjp(outputs, cotangents, [*leaves.values(), *velocity.values(), *hparams.values()])
+    outputs = {**w_next, **{f"{k}@velocity": v for k, v in v_next.items()}}
+    vjp = ad.vjp(outputs, adjoint, [*leaves.values(), *velocity.values(), *hparams.values()])
     n = len(leaves)
     previous = {**dict(zip(leaves, vjp[:n])), **{f"{k}@velocity": d for k, d in zip(velocity, vjp[n:2 * n])}}
     return previous, vjp[2 * n:]
-
-
-def _outer_gradients(outer_loss: Callable, w: Tensors, hparams: Tensors):
-    """(E(w, λ) detached, ∂E/∂w keyed like w, ∂E/∂λ keyed like hparams)."""
-    with torch.enable_grad():
-        w = {k: x.detach().requires_grad_() for k, x in w.items()}
-        value = outer_loss(w, hparams)
-    grads = _vjp([value], [torch.ones_like(value)], [*w.values(), *hparams.values()])
-    return value.detach(), dict(zip(w, grads[:len(w)])), dict(zip(hparams, grads[len(w):]))
 
 
 def _initial_state_vjp(w0: Tensors, adjoint: Tensors, hparams: Tensors, grads: Tensors) -> Tensors:
@@ -156,7 +147,7 @@ def _initial_state_vjp(w0: Tensors, adjoint: Tensors, hparams: Tensors, grads: T
     dependent = [k for k, x in w0.items() if x.requires_grad]
     if not dependent:
         return grads
-    vjp = _vjp([w0[k] for k in dependent], [adjoint[k] for k in dependent], list(hparams.values()))
+    vjp = ad.vjp({k: w0[k] for k in dependent}, adjoint, list(hparams.values()))
     return {k: g + d for (k, g), d in zip(grads.items(), vjp)}
 
 
@@ -167,14 +158,6 @@ def _check_retraced(state: ExactState, start: ExactState) -> None:
             and not bool(state.buffer[0].any())):
         raise RuntimeError("reversible: the reversed trajectory did not end at w_0; the inner gradient is not "
                            "deterministic (on CUDA, call torch.use_deterministic_algorithms(True))")
-
-
-def _vjp(outputs: list[torch.Tensor], cotangents: list[torch.Tensor], inputs: list[torch.Tensor]):
-    """Σ cotangentᵀ ∂output/∂x for each x in inputs, 0 for an input nothing depends on."""
-    pairs = [(y, c) for y, c in zip(outputs, cotangents) if y.requires_grad]
-    grads = torch.autograd.grad([y for y, _ in pairs], inputs, [c for _, c in pairs],
-                                allow_unused=True) if pairs else [None] * len(inputs)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
