@@ -201,6 +201,7 @@ def test_known_group_options_pass(argv):
     ("task.meta_batch=0", "task.meta_batch must be an integer >= 1, got 0"),
     ("hypergrad.method=nope", "unknown hypergrad.method 'nope'; choose one of: reverse, "),
     ("inner.name=nope", "unknown inner.name 'nope'; choose one of: gd, "),
+    ("trainer.precision=fp16", "unknown trainer.precision 'fp16'; choose one of: fp32, bf16"),
     ("outer.optimizer._target_=torch.optim.Nope", "outer.optimizer._target_ 'torch.optim.Nope' names no class"),
     ("backbone._target_=bilevel_cli.models.Nope", "backbone._target_ 'bilevel_cli.models.Nope' names no function"),
     # What a config may instantiate: nothing outside this project and torch, and in torch classes only.
@@ -214,6 +215,13 @@ def test_known_group_options_pass(argv):
 ])
 def test_bad_config_value(override, message):
     assert _error(check_config, _compose(override)).startswith(message)
+
+
+def test_bf16_needs_a_task_with_a_backbone():
+    cfg = _compose("experiment=hyper_cleaning", "trainer.precision=bf16")
+    assert _error(check_config, cfg).startswith("trainer.precision=bf16 runs a backbone in bfloat16, and "
+                                                "task=hyper_cleaning has none")
+    check_config(_compose("task=joint_training", "trainer.precision=bf16"))
 
 
 def test_unknown_keyword_of_a_constructor_is_one_line(glyph_root):

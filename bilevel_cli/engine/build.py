@@ -127,7 +127,8 @@ def _episodic(cfg: DictConfig, data: dict) -> tuple[EpisodeProtocol, torch.nn.Mo
                                eval_seed=tr.eval_seed, eval_batch=tr.eval_batch, val_episodes=tr.val_episodes,
                                test_episodes=tr.test_episodes, T_candidates=list(tr.select_T))
     backbone = make(cfg, "backbone", in_channels=data["train"].shape[2])
-    inner = dict(inner=cfg.inner.name, inner_lr=cfg.inner.lr, inner_options=OmegaConf.to_container(cfg.inner.options))
+    inner = dict(inner=cfg.inner.name, inner_lr=cfg.inner.lr, inner_options=OmegaConf.to_container(cfg.inner.options),
+                 precision=cfg.trainer.precision)
     return protocol, backbone, inner
 
 
@@ -182,6 +183,8 @@ def _linear_representation(cfg: DictConfig, data: dict) -> Task:
         raise UserError(f"task=linear_representation: {error}") from None
 
 
+# The tasks built on a backbone (`_episodic`): trainer.precision applies to it.
+BACKBONE_TASKS = ("hyper_representation", "joint_training")
 BUILDERS = {"hyper_representation": _hyper_representation, "joint_training": _joint_training,
             "hyper_cleaning": _hyper_cleaning, "realtime_ho": _realtime_ho,
             "linear_representation": _linear_representation}

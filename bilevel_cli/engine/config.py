@@ -9,7 +9,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from bilevel_cli.core import METHODS, OPTIMIZERS
-from bilevel_cli.engine.build import BUILDERS, check_targets
+from bilevel_cli.engine.build import BACKBONE_TASKS, BUILDERS, check_targets
 from bilevel_cli.errors import UserError
 from bilevel_cli.models.batchnorm import NORMS
 
@@ -20,7 +20,8 @@ INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.
             "task.train": 1, "task.val": 1, "task.test": 1, "task.corrupted": 0}
 # key: whether zero is allowed, a sensible value
 NUMBERS = {"inner.lr": (False, 0.1), "outer.optimizer.lr": (False, 0.001), "outer.decay": (True, 0)}
-CHOICES = {"task.name": tuple(BUILDERS), "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS}
+CHOICES = {"task.name": tuple(BUILDERS), "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS,
+           "trainer.precision": ("fp32", "bf16")}
 ABSENT = object()
 
 
@@ -42,6 +43,9 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in choices:
             raise UserError(f"unknown {key} {value!r}; choose one of: {', '.join(choices)}")
+    if OmegaConf.select(cfg, "trainer.precision") == "bf16" and cfg.task.name not in BACKBONE_TASKS:
+        raise UserError(f"trainer.precision=bf16 runs a backbone in bfloat16, and task={cfg.task.name} has none; "
+                        "drop the override (it applies to task=" + " and ".join(BACKBONE_TASKS) + ")")
     check_targets(cfg)
     resume = OmegaConf.select(cfg, "resume", default=None)
     if resume not in (None, True, False):

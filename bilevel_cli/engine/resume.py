@@ -10,9 +10,10 @@ import torch
 from bilevel_cli.engine.loggers import flatten
 from bilevel_cli.errors import UserError
 
-# Config keys a resumed run may change: how long and how verbosely it runs, not what it computes.
+# Config keys a resumed run may change: how long, where and how verbosely it runs, not what it computes (device and
+# precision change its rounding: a resumed run is then no longer bit for bit the uninterrupted one).
 MAY_CHANGE = {"resume", "device", "logger", "trainer.steps", "trainer.patience", "trainer.log_every",
-              "trainer.max_bad_steps"}
+              "trainer.max_bad_steps", "trainer.precision"}
 
 
 def checkpoint_to_resume(resume: bool | None, run_dir: Path) -> Path | None:

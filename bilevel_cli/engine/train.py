@@ -174,7 +174,8 @@ def _finite(loss: torch.Tensor, task: torch.nn.Module) -> bool:
 def _out_of_memory(device: torch.device, step: int) -> str:
     used = f" ({torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB at peak)" if device.type == "cuda" else ""
     return (f"out of memory on {device} at step {step}{used}; lower task.meta_batch, or use hypergrad=checkpointed "
-            "(memory ∝ √T), hypergrad=truncated hypergrad.options.K=<K>, or a smaller hypergrad.T")
+            "(memory ∝ √T), hypergrad=truncated hypergrad.options.K=<K>, a smaller hypergrad.T, or "
+            "trainer.precision=bf16 (the backbone in bfloat16)")
 
 
 def _grad_norm(module: torch.nn.Module) -> float:

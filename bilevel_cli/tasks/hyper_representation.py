@@ -24,7 +24,7 @@ class HyperRepresentation(Task):
     def __init__(self, backbone: nn.Module, ways: int, T: int, method: str = "reverse",
                  method_options: dict | None = None, inner: str = "gd", inner_lr: float = 0.1,
                  learn_lr: bool = True, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None,
-                 closed_form: bool = True):
+                 closed_form: bool = True, precision: str = "fp32"):
         super().__init__()
         self.backbone, self.ways, self.T, self.protocol = backbone, ways, T, protocol
         self.episodes_per_iteration = protocol.meta_batch if protocol else None
@@ -33,6 +33,9 @@ class HyperRepresentation(Task):
         # The support cross-entropy of a linear head has a closed-form gradient: the inner steps then need no
         # autograd, and reverse mode through them no double backward. False: autograd, as for any inner loss.
         self.closed_form = closed_form
+        # bf16: the backbone's forward and backward under autocast; its features come back in the parameters' dtype,
+        # so the inner problem, the hypergradient and the gradients' accumulation stay in full precision.
+        self.precision = precision
         # A learned rate is an outer variable (an entry of hparams); a fixed one stays a number.
         self.inner_lr = nn.Parameter(torch.tensor(float(inner_lr))) if learn_lr else float(inner_lr)
 
@@ -93,7 +96,10 @@ class HyperRepresentation(Task):
 
     def features(self, episodes: Episodes) -> torch.Tensor:
         dtype = next(self.backbone.parameters()).dtype
-        return self.backbone(episodes.images.to(dtype) / 255, episodes.segments)
+        images = episodes.images.to(dtype) / 255
+        with torch.autocast(images.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            features = self.backbone(images, episodes.segments)
+        return features.to(dtype)
 
     def training_step(self, episodes: Episodes, with_accuracy: bool = False):
         """Outer loss of a meta-batch; leaves its hypergradient in the .grad of the outer variables.

@@ -17,9 +17,10 @@ from bilevel_cli.tasks.hyper_representation import HyperRepresentation
 
 class JointTraining(HyperRepresentation):
     def __init__(self, backbone: nn.Module, ways: int, T: int, classes: int, feature_dim: int, inner: str = "gd",
-                 inner_lr: float = 0.1, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None):
+                 inner_lr: float = 0.1, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None,
+                 precision: str = "fp32"):
         super().__init__(backbone, ways, T, inner=inner, inner_lr=inner_lr, learn_lr=False,
-                         inner_options=inner_options, protocol=protocol)
+                         inner_options=inner_options, protocol=protocol, precision=precision)
         self.classifier = nn.Linear(feature_dim, classes)
 
     def training_step(self, episodes: Episodes, with_accuracy: bool = False):

@@ -152,4 +152,4 @@ def test_out_of_memory_names_the_options_that_fix_it(train, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("bilevel: error: out of memory on cpu at step 1") and "task.meta_batch" in line and (
-        "hypergrad=checkpointed" in line)
+        "hypergrad=checkpointed" in line) and "trainer.precision=bf16" in line

@@ -102,3 +102,21 @@ def test_closed_form_inner_gradient_gives_the_autograd_hypergradient(episodes, i
         grads[closed_form] = {"loss": loss, **{n: p.grad for n, p in task.named_parameters()}}
     for name, value in grads[False].items():
         torch.testing.assert_close(grads[True][name], value, rtol=1e-10, atol=1e-13, msg=name)
+
+
+def test_bf16_runs_the_backbone_in_bfloat16_and_keeps_the_hypergradient_in_float32(episodes):
+    """trainer.precision=bf16: the backbone's convolutions under autocast, the inner problem on float32 features,
+    every gradient float32 and close in direction to the float32 run's."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        task = HyperRepresentation(Conv4(channels=8), WAYS, T, inner_lr=0.3, precision=precision)
+        loss, _ = task.training_step(episodes)
+        grads = [p.grad for p in task.parameters()]
+        assert loss.dtype == task.features(episodes).dtype == torch.float32
+        assert all(g.dtype == torch.float32 for g in grads)
+        runs[precision] = loss, torch.cat([g.flatten() for g in grads])
+    (loss32, grad32), (loss16, grad16) = runs["fp32"], runs["bf16"]
+    assert loss16 != loss32  # bfloat16 did run: its rounding shows in the loss
+    torch.testing.assert_close(loss16, loss32, rtol=2e-2, atol=0)
+    assert F.cosine_similarity(grad16, grad32, dim=0) > 0.99
