@@ -10,6 +10,10 @@ T steps built with autograd.grad(create_graph=True), query loss / B, backward, g
 `higher` (innerloop_ctx, differentiable SGD on an nn.Linear head) and `torchopt` (MetaSGD) in the same loop,
 when they import (the output says which were skipped, and why). All use the task's learned inner lr, so they
 compute one gradient: checked first in float64 (B=2, T=3, 8 filters; max relative difference to bilevel).
+`bilevel-bf16` is `bilevel` with `trainer.precision=bf16` (the backbone under bfloat16 autocast; its gradient
+is checked against float32 in tests/tasks/test_hyper_representation.py). A last table times the floor with the
+backbone run each way it could be (bf16 autocast, channels-last, torch.compile) against plain float32: an
+option of `bilevel train` exists only for what pays.
 Time: median of --repeats calls after --warmup calls, synchronized on CUDA. Memory, from one more call: on CUDA
 max_memory_allocated above what was allocated before; on CPU the peak bytes of the storages held by autograd's
 saved tensors (each storage once). Random uint8 images (timing does not depend on them), fixed seeds. Last,
@@ -118,8 +122,15 @@ def paths(task: HyperRepresentation, peers: dict) -> tuple[dict, list[nn.Module]
             sgd.step(F.cross_entropy(linear(xs), ys))
         return F.cross_entropy(linear(xq), yq)
 
+    def bilevel_bf16(ep):
+        task.precision = "bf16"
+        try:
+            task.training_step(ep)
+        finally:
+            task.precision = "fp32"
+
     inners = {"naive": naive, "higher": with_higher, "torchopt": with_torchopt}
-    fns = {"floor": floor, "bilevel": task.training_step}
+    fns = {"floor": floor, "bilevel": task.training_step, "bilevel-bf16": bilevel_bf16}
     return fns | {name: per_episode(inners[name]) for name in ["naive", *peers]}, [task, head]
 
 
@@ -128,8 +139,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(fn, episodes, zero, device, repeats: int, warmup: int) -> tuple[float, int]:
-    """(median seconds of `repeats` calls after `warmup` calls, peak bytes of one more call)."""
+def median_time(fn, episodes, zero, device, repeats: int, warmup: int) -> float:
+    """Median seconds of `repeats` calls after `warmup` calls."""
     times = []
     for _ in range(warmup + repeats):
         zero()
@@ -138,6 +149,12 @@ def measure(fn, episodes, zero, device, repeats: int, warmup: int) -> tuple[floa
         fn(episodes)
         sync(device)
         times.append(time.perf_counter() - start)
+    return statistics.median(times[warmup:])
+
+
+def measure(fn, episodes, zero, device, repeats: int, warmup: int) -> tuple[float, int]:
+    """(median seconds of `repeats` calls after `warmup` calls, peak bytes of one more call)."""
+    seconds = median_time(fn, episodes, zero, device, repeats, warmup)
     zero()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -149,7 +166,7 @@ def measure(fn, episodes, zero, device, repeats: int, warmup: int) -> tuple[floa
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda saved: saved.tensor):
             fn(episodes)
         peak = meter.peak
-    return statistics.median(times[warmup:]), peak
+    return seconds, peak
 
 
 def check_gradients(store, peers, device) -> dict[str, float]:
@@ -157,7 +174,7 @@ def check_gradients(store, peers, device) -> dict[str, float]:
     torch.manual_seed(0)
     task = HyperRepresentation(Conv4(channels=8), WAYS, T=3).to(device, torch.float64)
     fns, episodes, grads = paths(task, peers)[0], EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=1).sample(2), {}
-    for name in [n for n in fns if n != "floor"]:
+    for name in [n for n in fns if n not in ("floor", "bilevel-bf16")]:  # autocast leaves float64 as it is
         task.zero_grad(set_to_none=True)
         fns[name](episodes)
         grads[name] = torch.cat([p.grad.flatten() for p in task.backbone.parameters()]), task.inner_lr.grad
@@ -178,6 +195,28 @@ def sampler_rate(store, batch: int, device, seconds: float = 1.0) -> float:
         calls += 1
     sync(device)
     return calls * batch / (time.perf_counter() - start)
+
+
+def backbone_variants(task, floor, episodes, zero, device, args) -> dict[str, float | str]:
+    """Median seconds of the floor with the backbone run each way it could be (or why it could not); each change
+    is undone after its measurement."""
+    def timed(warmup=args.warmup):
+        return median_time(floor, episodes, zero, device, args.repeats, warmup)
+
+    out = {"float32": timed()}
+    task.precision = "bf16"
+    out["bf16 autocast"] = timed()
+    task.precision = "fp32"
+    task.backbone.to(memory_format=torch.channels_last)
+    out["channels-last"] = timed()
+    task.backbone.to(memory_format=torch.contiguous_format)
+    backbone, task.backbone = task.backbone, torch.compile(task.backbone)
+    try:
+        out["torch.compile"] = timed(args.warmup + 1)  # the first call compiles
+    except Exception as error:  # e.g. no C++ compiler for the CPU backend
+        out["torch.compile"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0]}"
+    task.backbone = backbone
+    return out
 
 
 def header(device, skipped, args) -> list[str]:
@@ -205,10 +244,14 @@ def goals(ratios: dict, rate: float, consumption: float, device) -> list[str]:
     at, t50 = ratios.get((16, 5), {}), [r["bilevel/floor"] for (_, T), r in ratios.items() if T == 50]
     out = ["Goals (ratios of the per-configuration medians):"]
     if device.type == "cuda":
-        out.append(line("GPU B=16, T=5: naive/bilevel ≥ 5", at.get("naive/bilevel"), lambda v: v >= 5))
+        out += [line("GPU B=16, T=5: naive/bilevel ≥ 5", at.get("naive/bilevel"), lambda v: v >= 5),
+                line("GPU B=16, T=5: naive/bilevel-bf16 ≥ 5 (`trainer.precision=bf16`)", at.get("naive/bilevel-bf16"),
+                     lambda v: v >= 5)]
     else:
         out += [line("CPU B=16, T=5: bilevel/floor ≤ 1.15", at.get("bilevel/floor"), lambda v: v <= 1.15),
                 line("CPU B=16, T=5: naive/bilevel ≥ 1.3", at.get("naive/bilevel"), lambda v: v >= 1.3),
+                line("CPU B=16, T=5: naive/bilevel-bf16 ≥ 1.3 (`trainer.precision=bf16`)", at.get("naive/bilevel-bf16"),
+                     lambda v: v >= 1.3),
                 line("CPU T=50: bilevel/floor ≤ 1.3 (worst B)", max(t50, default=None), lambda v: v <= 1.3)]
     return out + [line(f"sampler {rate:.0f} episodes/s vs consumption {consumption:.1f} episodes/s (bilevel, B=16, "
                        "T=5): ratio ≥ 10", rate / consumption, lambda v: v >= 10)]
@@ -250,7 +293,7 @@ def main():
 
     torch.manual_seed(0)
     task = HyperRepresentation(Conv4(channels=64), WAYS, T=1).to(device)
-    (fns, modules), names = paths(task, peers), ["floor", "bilevel", "naive", *peers]
+    (fns, modules), names = paths(task, peers), ["floor", "bilevel", "bilevel-bf16", "naive", *peers]
 
     def zero():
         for module in modules:
@@ -268,15 +311,14 @@ def main():
             rows[B, T] = {"floor": floor} | {name: bench(name, episodes) for name in names[1:]}
             print(f"B={B} T={T}: " + ", ".join(f"{n} {t * 1e3:.0f} ms" for n, (t, _) in rows[B, T].items()),
                   file=sys.stderr, flush=True)
-    if (16, 5) in rows:
-        seconds = rows[16, 5]["bilevel"][0]
-    else:
-        task.T = 5
-        seconds = bench("bilevel", EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=16).sample(16))[0]
+    task.T, episodes = 5, EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=16).sample(16)
+    seconds = rows[16, 5]["bilevel"][0] if (16, 5) in rows else bench("bilevel", episodes)[0]
     consumption, rate = 16 / seconds, sampler_rate(store, 16, device)
+    variants = backbone_variants(task, fns["floor"], episodes, zero, device, args)
 
-    ratios = {key: {"bilevel/floor": r["bilevel"][0] / r["floor"][0]}
-              | {f"{n}/bilevel": r[n][0] / r["bilevel"][0] for n in names[2:]} for key, r in rows.items()}
+    ratios = {key: {f"{n}/floor": r[n][0] / r["floor"][0] for n in names[1:3]}
+              | {f"{n}/bilevel": r[n][0] / r["bilevel"][0] for n in names[3:]}
+              | {"naive/bilevel-bf16": r["naive"][0] / r["bilevel-bf16"][0]} for key, r in rows.items()}
     keys = list(ratios[next(iter(ratios))])
     times = [[str(B), str(T), *(f"{r[n][0] * 1e3:.1f}" for n in names), *(f"{ratios[B, T][k]:.2f}" for k in keys)]
              for (B, T), r in rows.items()]
@@ -288,6 +330,10 @@ def main():
              "bilevel: ") + ", ".join(f"{n} {d:.1e}" for n, d in diffs.items()) + ".", "",
              *table(["B", "T", *(f"{n} (ms)" for n in names), *keys], times), "",
              f"Memory (MiB, {what}):", "", *table(["B", "T", *names], memory), "",
+             "The floor (B=16) with the backbone run each way it could be:", "",
+             *table(["backbone", "floor (ms)", "float32/this"],
+                    [[n, f"{v * 1e3:.1f}", f"{variants['float32'] / v:.2f}"] if isinstance(v, float) else [n, v, ""]
+                     for n, v in variants.items()]), "",
              *goals(ratios, rate, consumption, device), "", f"Wall time: {time.perf_counter() - wall:.0f} s."]
     text = "\n".join(lines) + "\n"
     print(text, end="")

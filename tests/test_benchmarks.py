@@ -1,0 +1,31 @@
+"""The benchmark scripts as a user runs them, at the smallest sizes: every path runs, gives the gradient of the
+others, and lands in the markdown with its ratios."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def test_one_hyper_iteration_benchmark_times_every_path_and_every_backbone_variant(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_hyperiteration.py"), "--B", "2", "--T", "1",
+                           "--repeats", "1", "--warmup", "0", "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = out.read_text().splitlines()
+    check = next(line for line in lines if line.startswith("Gradient check"))
+    differences = dict(part.split() for part in check.split(": ")[1].rstrip(".").split(", "))
+    assert "naive" in differences and all(float(d) < 1e-10 for d in differences.values())
+    header = next(line for line in lines if line.startswith("| B | T |")).split(" | ")
+    assert header[2:5] == ["floor (ms)", "bilevel (ms)", "bilevel-bf16 (ms)"] and "naive/bilevel-bf16 |" in header[-1]
+    row = next(line for line in lines if line.startswith("| 2 | 1 |"))
+    assert all(float(cell) > 0 for cell in row.strip("| ").split(" | ")[2:])
+    variants = [line.split(" | ")[0] for line in lines if line.startswith("| ") and "(ms)" not in line][-4:]
+    assert variants == ["| float32", "| bf16 autocast", "| channels-last", "| torch.compile"]
+    assert any(line.startswith("- CPU B=16, T=5: naive/bilevel-bf16 ≥ 1.3") for line in lines)
