@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from bilevel_cli.engine.config import native_bf16
+
 pytestmark = pytest.mark.slow
 
 # A run small enough for a test: seconds on a CPU.
@@ -71,6 +73,14 @@ def test_patience_stops_a_run_that_no_longer_improves(bilevel, tmp_path):
     (run,) = _run_dirs(tmp_path)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["best_step"] == 2 and summary["last_step"] == 4
+
+
+def test_bf16_warns_where_the_device_would_only_emulate_it(bilevel):
+    """bf16 on a CPU without AVX512-BF16 or AMX runs, but ten times slower than fp32: the run says so at its start,
+    and stays quiet where bf16 is native."""
+    done = bilevel("train", *TINY, "trainer.precision=bf16")
+    warned = "trainer.precision=bf16 on cpu, which has no native bfloat16" in done.stdout  # the log goes there
+    assert warned == (not native_bf16(torch.device("cpu")))
 
 
 def test_joint_training_baseline_runs_and_reselects_T(bilevel, tmp_path):

@@ -14,7 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from bilevel_cli.engine import checkpoint, distributed
 from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.build import build_data, build_task, make
-from bilevel_cli.engine.config import check_config, resolve_device
+from bilevel_cli.engine.config import check_config, native_bf16, resolve_device
 from bilevel_cli.engine.interrupt import StopRequests
 from bilevel_cli.engine.loggers import open_loggers
 from bilevel_cli.engine.resume import check_resumable, checkpoint_to_resume, rng_state, set_rng_state
@@ -30,6 +30,9 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     check_config(cfg)
     device = distributed.device_of_rank(resolve_device(cfg.device))
     world, leader = distributed.world_size(), distributed.rank() == 0  # the leader writes the run directory
+    if cfg.trainer.precision == "bf16" and not native_bf16(device):
+        log.warning(f"trainer.precision=bf16 on {device}, which has no native bfloat16 (AVX512-BF16, AMX or a bf16 "
+                    "GPU): autocast emulates it, slower than fp32; drop the override on this machine")
     resume_from = checkpoint_to_resume(cfg.resume, run_dir)
     torch.manual_seed(cfg.seed)
     task = build_task(cfg, build_data(cfg, device))
