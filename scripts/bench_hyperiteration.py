@@ -11,8 +11,9 @@ T steps built with autograd.grad(create_graph=True), query loss / B, backward, g
 when they import (the output says which were skipped, and why). All use the task's learned inner lr, so they
 compute one gradient: checked first in float64 (B=2, T=3, 8 filters; max relative difference to bilevel).
 `bilevel-bf16` is `bilevel` with `trainer.precision=bf16` (the backbone under bfloat16 autocast; its gradient
-is checked against float32 in tests/tasks/test_hyper_representation.py). A last table times the floor with the
-backbone run each way it could be (bf16 autocast, channels-last, torch.compile) against plain float32: an
+is checked against float32 in tests/tasks/test_hyper_representation.py), timed only where the device has native
+bfloat16 (emulated, it is far slower than float32 and would dominate the run). A last table times the floor with
+the backbone run each way it could be (bf16 autocast, channels-last, torch.compile) against plain float32: an
 option of `bilevel train` exists only for what pays.
 Time: median of --repeats calls after --warmup calls, synchronized on CUDA. Memory, from one more call: on CUDA
 max_memory_allocated above what was allocated before; on CPU the peak bytes of the storages held by autograd's
@@ -40,6 +41,7 @@ from torch import nn
 
 from bilevel_cli.data.episodes import EpisodeSampler
 from bilevel_cli.engine.allocator import keep_freed_memory
+from bilevel_cli.engine.config import native_bf16
 from bilevel_cli.models.conv4 import Conv4
 from bilevel_cli.tasks.hyper_representation import HyperRepresentation
 
@@ -293,7 +295,9 @@ def main():
 
     torch.manual_seed(0)
     task = HyperRepresentation(Conv4(channels=64), WAYS, T=1).to(device)
-    (fns, modules), names = paths(task, peers), ["floor", "bilevel", "bilevel-bf16", "naive", *peers]
+    bf16 = native_bf16(device)
+    (fns, modules), names = paths(task, peers), ["floor", "bilevel", *["bilevel-bf16"] * bf16, "naive", *peers]
+    ours = [n for n in names if n.startswith("bilevel")]
 
     def zero():
         for module in modules:
@@ -316,9 +320,10 @@ def main():
     consumption, rate = 16 / seconds, sampler_rate(store, 16, device)
     variants = backbone_variants(task, fns["floor"], episodes, zero, device, args)
 
-    ratios = {key: {f"{n}/floor": r[n][0] / r["floor"][0] for n in names[1:3]}
-              | {f"{n}/bilevel": r[n][0] / r["bilevel"][0] for n in names[3:]}
-              | {"naive/bilevel-bf16": r["naive"][0] / r["bilevel-bf16"][0]} for key, r in rows.items()}
+    ratios = {key: {f"{n}/floor": r[n][0] / r["floor"][0] for n in ours}
+              | {f"{n}/bilevel": r[n][0] / r["bilevel"][0] for n in names[len(ours) + 1:]}
+              | ({"naive/bilevel-bf16": r["naive"][0] / r["bilevel-bf16"][0]} if bf16 else {})
+              for key, r in rows.items()}
     keys = list(ratios[next(iter(ratios))])
     times = [[str(B), str(T), *(f"{r[n][0] * 1e3:.1f}" for n in names), *(f"{ratios[B, T][k]:.2f}" for k in keys)]
              for (B, T), r in rows.items()]
@@ -328,6 +333,9 @@ def main():
     what = "peak allocated on the device" if device.type == "cuda" else "peak of autograd's saved tensors"
     lines = [*header(device, skipped, args), ("Gradient check (float64) before timing, max relative difference to "
              "bilevel: ") + ", ".join(f"{n} {d:.1e}" for n, d in diffs.items()) + ".", "",
+             *([] if bf16 else [f"bilevel-bf16 not timed: this {device.type} has no native bfloat16 (AVX512-BF16, "
+                                "AMX or a bf16 GPU); the floor's bf16 line in the last table shows what emulation "
+                                "costs.", ""]),
              *table(["B", "T", *(f"{n} (ms)" for n in names), *keys], times), "",
              f"Memory (MiB, {what}):", "", *table(["B", "T", *names], memory), "",
              "The floor (B=16) with the backbone run each way it could be:", "",
