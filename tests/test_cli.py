@@ -76,7 +76,7 @@ def test_patience_stops_a_run_that_no_longer_improves(bilevel, tmp_path):
 
 
 def test_bf16_warns_where_the_device_would_only_emulate_it(bilevel):
-    """bf16 on a CPU without AVX512-BF16 or AMX runs, but ten times slower than fp32: the run says so at its start,
+    """bf16 on a CPU without AVX512-BF16 or AMX runs, but 12 times slower than fp32: the run says so at its start,
     and stays quiet where bf16 is native."""
     done = bilevel("train", *TINY, "trainer.precision=bf16")
     warned = "trainer.precision=bf16 on cpu, which has no native bfloat16" in done.stdout  # the log goes there

@@ -95,7 +95,7 @@ def check_group_options(argv: list[str], config_dir: str | Path) -> None:
 
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes in bfloat16 natively: a CUDA GPU with bf16 units, or a CPU with AVX512-BF16 or
-    AMX. Elsewhere autocast emulates it, slower than float32 (ten times on a 2-core AVX2 CPU: BENCHMARKS.md)."""
+    AMX. Elsewhere autocast emulates it, slower than float32 (12 times on a 2-core AVX2 CPU: BENCHMARKS.md)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
