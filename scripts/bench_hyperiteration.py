@@ -21,8 +21,7 @@ Time: median of --repeats calls after --warmup calls, synchronized on CUDA. Memo
 max_memory_allocated above what was allocated before; on CPU the peak bytes of the storages held by autograd's
 saved tensors (each storage once). Random uint8 images (timing does not depend on them), fixed seeds. Last,
 the sampler's throughput (episodes/s drawn and gathered from a uint8 store on the device) is set against the
-bilevel path's consumption at B=16, T=5, and an evaluation of 100 episodes is timed in one pass and in the
-passes of `trainer.eval_batch=auto`.
+bilevel path's consumption at B=16, T=5.
 
 Run:  python scripts/bench_hyperiteration.py [--B 4 16 32] [--T 1 5 10 50] [--device cpu|cuda|auto]
           [--repeats 5] [--warmup 2] [--threads N] [--quick] [--out BENCHMARKS.md]
@@ -47,7 +46,6 @@ from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.build import episodes_per_pass
 from bilevel_cli.engine.config import native_bf16
 from bilevel_cli.models.conv4 import Conv4
-from bilevel_cli.tasks.episodic import evaluate
 from bilevel_cli.tasks.hyper_representation import HyperRepresentation
 
 WAYS, SHOTS, QUERIES = 5, 1, 15
@@ -204,14 +202,6 @@ def sampler_rate(store, batch: int, device, seconds: float = 1.0) -> float:
     return calls * batch / (time.perf_counter() - start)
 
 
-def evaluation_seconds(task, store, device, args) -> dict[int, float]:
-    """Median seconds of an evaluation of 100 episodes (T=5, as validation runs it) in one pass and in passes of
-    `trainer.eval_batch=auto` episodes."""
-    sizes = {100, episodes_per_pass("auto", 100, store, WAYS, SHOTS, QUERIES)}
-    return {size: median_time(lambda _: evaluate(task, store, WAYS, SHOTS, QUERIES, 100, seed=0, batch=size), None,
-                              lambda: None, device, args.repeats, 1) for size in sorted(sizes, reverse=True)}
-
-
 def backbone_variants(task, floor, episodes, zero, device, args) -> dict[str, float | str]:
     """Median seconds of the floor with the backbone run each way it could be (or why it could not); each change
     is undone after its measurement."""
@@ -337,7 +327,6 @@ def main():
     seconds = rows[16, 5]["bilevel"][0] if (16, 5) in rows else bench("bilevel", episodes)[0]
     consumption, rate = 16 / seconds, sampler_rate(store, 16, device)
     variants = backbone_variants(task, fns["floor"], episodes, zero, device, args)
-    evaluation = evaluation_seconds(task, store, device, args)
 
     ratios = {key: {f"{n}/floor": r[n][0] / r["floor"][0] for n in ours}
               | {f"{n}/bilevel": r[n][0] / r["bilevel"][0] for n in names[len(ours) + 1:]}
@@ -361,9 +350,6 @@ def main():
              *table(["backbone", "floor (ms)", "float32/this"],
                     [[n, f"{v * 1e3:.1f}", f"{variants['float32'] / v:.2f}"] if isinstance(v, float) else [n, v, ""]
                      for n, v in variants.items()]), "",
-             "Evaluation of 100 episodes (T=5, as validation runs it): " + ", ".join(
-                 f"in passes of {size} episodes {100 / t:.0f} episodes/s ({evaluation[100] / t:.2f}×)"
-                 for size, t in evaluation.items()) + ".", "",
              *goals(ratios, rate, consumption, device), "", f"Wall time: {time.perf_counter() - wall:.0f} s."]
     text = "\n".join(lines) + "\n"
     print(text, end="")
