@@ -4,19 +4,17 @@ Omniglot-sized 5-way 1-shot episodes (15 queries per class, 28×28 grey) through
 and inner horizon T, of: `floor`, forward + backward of the backbone alone on the same images (a linear layer on
 the features, one cross-entropy over all images and their episode labels; T-free, measured once per B);
 `bilevel`, HyperRepresentation.training_step as `bilevel train` runs it (reverse mode, gd inner, learned inner
-lr 0.1, `trainer.micro_batch=auto`: the backbone over the meta-batch in passes of 4 episodes on a CPU, in one pass
-on a GPU, the T steps on all episodes of a pass at once); `naive`, the peers' way,
+lr 0.1: the backbone once over the meta-batch, the T steps on all episodes at once); `naive`, the peers' way,
 written here: a Python loop over episodes, each with the backbone on its own images, a linear head from zero,
 T steps built with autograd.grad(create_graph=True), query loss / B, backward, gradients accumulating; and
 `higher` (innerloop_ctx, differentiable SGD on an nn.Linear head) and `torchopt` (MetaSGD) in the same loop,
 when they import (the output says which were skipped, and why). All use the task's learned inner lr, so they
-compute one gradient: checked first in float64 (B=2, T=3, 8 filters, bilevel in passes of one episode; max
-relative difference to bilevel).
+compute one gradient: checked first in float64 (B=2, T=3, 8 filters; max relative difference to bilevel).
 `bilevel-bf16` is `bilevel` with `trainer.precision=bf16` (the backbone under bfloat16 autocast; its gradient
 is checked against float32 in tests/tasks/test_hyper_representation.py), timed only where the device has native
 bfloat16 (emulated, it is far slower than float32 and would dominate the run). A last table times the floor with
-the backbone run each way it could be (bf16 autocast, channels-last, torch.compile, the micro-batches of `bilevel`)
-against plain float32 in one pass: an option of `bilevel train` exists only for what pays.
+the backbone run each way it could be (bf16 autocast, channels-last, torch.compile) against plain float32: an
+option of `bilevel train` exists only for what pays.
 Time: median of --repeats calls after --warmup calls, synchronized on CUDA. Memory, from one more call: on CUDA
 max_memory_allocated above what was allocated before; on CPU the peak bytes of the storages held by autograd's
 saved tensors (each storage once). Random uint8 images (timing does not depend on them), fixed seeds. Last,
@@ -43,7 +41,6 @@ from torch import nn
 
 from bilevel_cli.data.episodes import EpisodeSampler
 from bilevel_cli.engine.allocator import keep_freed_memory
-from bilevel_cli.engine.build import episodes_per_pass
 from bilevel_cli.engine.config import native_bf16
 from bilevel_cli.models.conv4 import Conv4
 from bilevel_cli.tasks.hyper_representation import HyperRepresentation
@@ -177,7 +174,7 @@ def measure(fn, episodes, zero, device, repeats: int, warmup: int) -> tuple[floa
 def check_gradients(store, peers, device) -> dict[str, float]:
     """Max relative difference of each loop's gradient (backbone ∞-norm, inner lr) to bilevel's, in float64."""
     torch.manual_seed(0)
-    task = HyperRepresentation(Conv4(channels=8), WAYS, T=3, micro_batch=1).to(device, torch.float64)
+    task = HyperRepresentation(Conv4(channels=8), WAYS, T=3).to(device, torch.float64)
     fns, episodes, grads = paths(task, peers)[0], EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=1).sample(2), {}
     for name in [n for n in fns if n not in ("floor", "bilevel-bf16")]:  # autocast leaves float64 as it is
         task.zero_grad(set_to_none=True)
@@ -221,10 +218,6 @@ def backbone_variants(task, floor, episodes, zero, device, args) -> dict[str, fl
     except Exception as error:  # e.g. no C++ compiler for the CPU backend
         out["torch.compile"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0]}"
     task.backbone = backbone
-    if task.micro_batch:
-        out[f"micro-batches of {task.micro_batch} episodes"] = median_time(
-            lambda ep: [floor(part) for part in ep.split(task.micro_batch)], episodes, zero, device, args.repeats,
-            args.warmup)
     return out
 
 
@@ -301,8 +294,7 @@ def main():
     diffs = check_gradients(store, peers, device)
 
     torch.manual_seed(0)
-    task = HyperRepresentation(Conv4(channels=64), WAYS, T=1,
-                               micro_batch=episodes_per_pass("auto", None, store, WAYS, SHOTS, QUERIES)).to(device)
+    task = HyperRepresentation(Conv4(channels=64), WAYS, T=1).to(device)
     bf16 = native_bf16(device)
     (fns, modules), names = paths(task, peers), ["floor", "bilevel", *["bilevel-bf16"] * bf16, "naive", *peers]
     ours = [n for n in names if n.startswith("bilevel")]

@@ -19,11 +19,6 @@ class Episodes:
     def segments(self) -> tuple[int, int]:
         return self.support_labels.shape[1], self.query_labels.shape[1]
 
-    def split(self, size: int) -> list["Episodes"]:
-        """Consecutive parts of at most `size` episodes each."""
-        tensors = (self.images, self.support_labels, self.query_labels, self.classes)
-        return [Episodes(*part) for part in zip(*(t.split(size) for t in tensors))]
-
 
 def check_supply(splits: dict[str, torch.Tensor], ways: int, shots: int, queries: int) -> None:
     """Each split (classes, per_class, C, H, W) can supply N-way episodes of K + Q images per class; checked for

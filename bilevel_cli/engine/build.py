@@ -119,56 +119,32 @@ def _needs(cfg: DictConfig, data: dict, kind: str) -> None:
                         f"{OmegaConf.select(cfg, 'data._target_')} gives {', '.join(data)}")
 
 
-# On a CPU a backbone pass is fastest when its activations stay in cache: passes of about this many input values
-# (4 Omniglot episodes of 80 images of 28×28) ran 1.7 times faster in training and 3 times in evaluation than the
-# whole meta-batch or 100 episodes at once (2-core CPU; BENCHMARKS.md). A GPU wants large passes.
-CPU_PASS_VALUES = 2 ** 18
-
-
-def episodes_per_pass(setting, gpu: int | None, store: torch.Tensor, ways: int, shots: int, queries: int) -> int | None:
-    """trainer.micro_batch or trainer.eval_batch as a number of episodes: the integer set, or for `auto` as many
-    episodes of `store`'s images as fit in CPU_PASS_VALUES on a CPU (at least one) and `gpu` elsewhere."""
-    if setting != "auto":
-        return setting
-    if store.device.type != "cpu":
-        return gpu
-    return max(1, CPU_PASS_VALUES // (ways * (shots + queries) * store[0, 0].numel()))
-
-
 def _episodic(cfg: DictConfig, data: dict) -> tuple[EpisodeProtocol, torch.nn.Module, dict]:
-    """What every few-shot task is built from: the episode protocol, the backbone and what the few-shot tasks share
-    (the inner optimizer, the backbone's precision and passes)."""
+    """What every few-shot task is built from: the episode protocol, the backbone and the inner optimizer."""
     _needs(cfg, data, "few-shot")
-    ep, tr, store = cfg.task, cfg.trainer, data["train"]
-    sizes = ep.ways, ep.shots, ep.queries
-    micro_batch = OmegaConf.select(tr, "micro_batch", default="auto")  # absent from older checkpoints' configs
+    ep, tr = cfg.task, cfg.trainer
     protocol = EpisodeProtocol(data, ep.ways, ep.shots, ep.queries, ep.meta_batch, seed=cfg.seed,
-                               eval_seed=tr.eval_seed, eval_batch=episodes_per_pass(tr.eval_batch, 100, store, *sizes),
-                               val_episodes=tr.val_episodes, test_episodes=tr.test_episodes,
-                               T_candidates=list(tr.select_T))
-    backbone = make(cfg, "backbone", in_channels=store.shape[2])
-    if micro_batch == "auto" and OmegaConf.select(cfg, "backbone.norm") == "running":
-        micro_batch = None  # parts give the same gradient only with per-episode norms; `running` takes the batch's
-    else:
-        micro_batch = episodes_per_pass(micro_batch, None, store, *sizes)
-    shared = dict(inner=cfg.inner.name, inner_lr=cfg.inner.lr, inner_options=OmegaConf.to_container(cfg.inner.options),
-                  precision=tr.precision, micro_batch=micro_batch)
-    return protocol, backbone, shared
+                               eval_seed=tr.eval_seed, eval_batch=tr.eval_batch, val_episodes=tr.val_episodes,
+                               test_episodes=tr.test_episodes, T_candidates=list(tr.select_T))
+    backbone = make(cfg, "backbone", in_channels=data["train"].shape[2])
+    inner = dict(inner=cfg.inner.name, inner_lr=cfg.inner.lr, inner_options=OmegaConf.to_container(cfg.inner.options),
+                 precision=cfg.trainer.precision)
+    return protocol, backbone, inner
 
 
 def _hyper_representation(cfg: DictConfig, data: dict) -> Task:
-    protocol, backbone, shared = _episodic(cfg, data)
+    protocol, backbone, inner = _episodic(cfg, data)
     return HyperRepresentation(backbone, cfg.task.ways, cfg.hypergrad.T, method=cfg.hypergrad.method,
                                method_options=OmegaConf.to_container(cfg.hypergrad.options),
-                               learn_lr=cfg.inner.learn_lr, protocol=protocol, **shared)
+                               learn_lr=cfg.inner.learn_lr, protocol=protocol, **inner)
 
 
 def _joint_training(cfg: DictConfig, data: dict) -> Task:
-    protocol, backbone, shared = _episodic(cfg, data)
+    protocol, backbone, inner = _episodic(cfg, data)
     with torch.no_grad():
         feature_dim = backbone(data["train"][:1, :1].float().cpu()).shape[-1]
     return JointTraining(backbone, cfg.task.ways, cfg.hypergrad.T, classes=data["train"].shape[0],
-                         feature_dim=feature_dim, protocol=protocol, **shared)
+                         feature_dim=feature_dim, protocol=protocol, **inner)
 
 
 def _hyper_cleaning(cfg: DictConfig, data: dict) -> Task:

@@ -16,7 +16,7 @@ from bilevel_cli.models.batchnorm import NORMS
 # key: the smallest value allowed
 INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.queries": 1, "task.meta_batch": 1,
             "trainer.steps": 1, "trainer.log_every": 1, "trainer.val_every": 1, "trainer.val_episodes": 1,
-            "trainer.test_episodes": 1, "trainer.max_bad_steps": 1,
+            "trainer.test_episodes": 1, "trainer.eval_batch": 1, "trainer.max_bad_steps": 1,
             "task.train": 1, "task.val": 1, "task.test": 1, "task.corrupted": 0}
 # key: whether zero is allowed, a sensible value
 NUMBERS = {"inner.lr": (False, 0.1), "outer.optimizer.lr": (False, 0.001), "outer.decay": (True, 0)}
@@ -51,11 +51,6 @@ def check_config(cfg: DictConfig) -> None:
     if resume not in (None, True, False):
         raise UserError(f"resume must be true, false or null, got {resume!r} (resume=true continues the run in "
                         "hydra.run.dir)")
-    for key in ("trainer.micro_batch", "trainer.eval_batch"):
-        value = OmegaConf.select(cfg, key, default="auto")  # absent from configs of checkpoints made before it
-        if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise UserError(f"{key} must be auto or an integer >= 1 (episodes per backbone pass), got {value!r} "
-                            f"(e.g. {key}=4)")
     patience = OmegaConf.select(cfg, "trainer.patience")
     if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
         raise UserError(f"trainer.patience must be null or an integer >= 1, got {patience!r}")

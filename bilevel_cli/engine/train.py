@@ -60,9 +60,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     loggers = open_loggers(cfg.logger, run_dir, config, sweep, resume_step=run["step"] if resume_from else None) \
         if leader else []
     method = cfg.hypergrad.method if cfg.task.name != "joint_training" else None
-    passes = f" in passes of {task.micro_batch} episodes" if task.micro_batch else ""
     log.info(f"{cfg.task.name}, T={cfg.hypergrad.T}, hypergradient {method}, "
-             f"{sum(p.numel() for p in task.parameters())} outer variables, on {device}{passes}; run dir {run_dir}")
+             f"{sum(p.numel() for p in task.parameters())} outer variables, on {device}; run dir {run_dir}")
 
     def save_last(step: int) -> None:
         if not leader:

@@ -12,8 +12,6 @@ class Task(nn.Module):
 
     # For the throughput in the logs: episodes per hyper-iteration, None when the task has no episodes.
     episodes_per_iteration: int | None = None
-    # For the start line: episodes per backbone pass in training, None when one pass takes them all (or no backbone).
-    micro_batch: int | None = None
 
     def hyper_iteration(self, with_metrics: bool) -> tuple[torch.Tensor, dict[str, float] | None]:
         """Draws the task's batch, computes the outer loss and leaves its hypergradient in the .grad of the

@@ -6,9 +6,8 @@ an inner optimizer on the support cross-entropy of h_λ's features. Outer loss: 
 of the trained classifiers, averaged over the meta-batch; it depends on λ through w_T and directly
 through the query features.
 
-The backbone runs over the meta-batch in one pass, or in passes of `micro_batch` episodes; the inner problem
-of a pass's episodes is stated on their features, which the core sees as an outer variable. Their hypergradient
-is then carried into the backbone by autograd.
+The backbone runs once over the whole meta-batch; the inner problem is stated on the features, which
+the core sees as an outer variable. Their hypergradient is then carried into the backbone by autograd.
 """
 
 import torch
@@ -25,7 +24,7 @@ class HyperRepresentation(Task):
     def __init__(self, backbone: nn.Module, ways: int, T: int, method: str = "reverse",
                  method_options: dict | None = None, inner: str = "gd", inner_lr: float = 0.1,
                  learn_lr: bool = True, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None,
-                 closed_form: bool = True, precision: str = "fp32", micro_batch: int | None = None):
+                 closed_form: bool = True, precision: str = "fp32"):
         super().__init__()
         self.backbone, self.ways, self.T, self.protocol = backbone, ways, T, protocol
         self.episodes_per_iteration = protocol.meta_batch if protocol else None
@@ -37,8 +36,6 @@ class HyperRepresentation(Task):
         # bf16: the backbone's forward and backward under autocast; its features come back in the parameters' dtype,
         # so the inner problem, the hypergradient and the gradients' accumulation stay in full precision.
         self.precision = precision
-        # Episodes per backbone pass in training (None: the whole meta-batch); on a CPU small passes stay in cache.
-        self.micro_batch = micro_batch
         # A learned rate is an outer variable (an entry of hparams); a fixed one stays a number.
         self.inner_lr = nn.Parameter(torch.tensor(float(inner_lr))) if learn_lr else float(inner_lr)
 
@@ -106,38 +103,27 @@ class HyperRepresentation(Task):
 
     def training_step(self, episodes: Episodes, with_accuracy: bool = False):
         """Outer loss of a meta-batch; leaves its hypergradient in the .grad of the outer variables.
-        Returns (loss, per-episode query accuracy or None); accuracy costs T extra head steps.
-        The backbone runs on `micro_batch` episodes at a time and the parts' gradients add up, each weighted by the
-        part's share of the meta-batch: the same gradient, as episodes share nothing (norms are per episode)."""
-        parts = episodes.split(self.micro_batch) if self.micro_batch else [episodes]
-        results = [self._train_part(part, len(part.images) / len(episodes.images), with_accuracy) for part in parts]
-        loss = sum(part_loss for part_loss, _ in results)
-        return loss, torch.cat([accuracy for _, accuracy in results]) if with_accuracy else None
-
-    def _train_part(self, episodes: Episodes, share: float, with_accuracy: bool):
+        Returns (loss, per-episode query accuracy or None); accuracy costs T extra head steps."""
         features = self.features(episodes)
         leaf = features.detach().requires_grad_()
         step, outer_loss, w0, hparams = self.problem(leaf, episodes)
         loss, grads = hypergradient(step, outer_loss, w0, hparams, self.T, self.method, **self.method_options)
         outer = [(features, grads["features"])] + ([(self.inner_lr, grads["lr"])] if "lr" in grads else [])
-        torch.autograd.backward([v for v, _ in outer], [share * g for _, g in outer])
-        accuracy = self._accuracy(leaf.detach(), episodes, [self.T])[0] if with_accuracy else None
-        return share * loss, accuracy
+        torch.autograd.backward(*zip(*outer))
+        accuracy = self._accuracy(leaf.detach(), episodes) if with_accuracy else None
+        return loss, accuracy
 
     @torch.no_grad()
-    def accuracy(self, episodes: Episodes, Ts: list[int]) -> torch.Tensor:
-        """Per-episode query accuracy (len(Ts), B) of heads trained by each of Ts inner steps on the support set."""
-        return self._accuracy(self.features(episodes), episodes, Ts)
+    def accuracy(self, episodes: Episodes) -> torch.Tensor:
+        """Per-episode query accuracy of heads trained by T inner steps on the support set."""
+        return self._accuracy(self.features(episodes), episodes)
 
     @torch.no_grad()
-    def _accuracy(self, features: torch.Tensor, episodes: Episodes, Ts: list[int]) -> torch.Tensor:
-        # One run of max(Ts) steps, read off at each T: re-selecting T costs no extra backbone pass.
-        step, _, w, hparams = self.problem(features, episodes)
-        query, done, accuracies = features[:, episodes.support_labels.shape[1]:], 0, {}
-        for T in sorted(set(Ts)):
-            w, done = unroll(step, w, hparams, T, start=done), T
-            accuracies[T] = (_linear(w, query).argmax(-1) == episodes.query_labels).float().mean(1)
-        return torch.stack([accuracies[T] for T in Ts])
+    def _accuracy(self, features: torch.Tensor, episodes: Episodes) -> torch.Tensor:
+        step, _, w0, hparams = self.problem(features, episodes)
+        w = unroll(step, w0, hparams, self.T)
+        logits = _linear(w, features[:, episodes.support_labels.shape[1]:])
+        return (logits.argmax(-1) == episodes.query_labels).float().mean(1)
 
 
 def _linear(w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

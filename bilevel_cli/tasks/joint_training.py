@@ -18,18 +18,17 @@ from bilevel_cli.tasks.hyper_representation import HyperRepresentation
 class JointTraining(HyperRepresentation):
     def __init__(self, backbone: nn.Module, ways: int, T: int, classes: int, feature_dim: int, inner: str = "gd",
                  inner_lr: float = 0.1, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None,
-                 precision: str = "fp32", micro_batch: int | None = None):
+                 precision: str = "fp32"):
         super().__init__(backbone, ways, T, inner=inner, inner_lr=inner_lr, learn_lr=False,
-                         inner_options=inner_options, protocol=protocol, precision=precision,
-                         micro_batch=micro_batch)
+                         inner_options=inner_options, protocol=protocol, precision=precision)
         self.classifier = nn.Linear(feature_dim, classes)
 
-    def _train_part(self, episodes: Episodes, share: float, with_accuracy: bool):
-        """Cross-entropy over all meta-train classes, weighted by the part's share of the meta-batch; leaves its
-        gradient in .grad. Returns (weighted loss, per-episode accuracy of that classifier or None)."""
+    def training_step(self, episodes: Episodes, with_accuracy: bool = False):
+        """Cross-entropy over all meta-train classes; leaves the gradient in .grad. Returns (loss, per-episode
+        accuracy of that classifier or None)."""
         targets = episodes.classes.gather(1, torch.cat([episodes.support_labels, episodes.query_labels], 1))
         logits = self.classifier(self.features(episodes))
-        loss = share * F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         loss.backward()
         accuracy = (logits.argmax(-1) == targets).float().mean(1).detach() if with_accuracy else None
         return loss.detach(), accuracy

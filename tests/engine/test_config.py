@@ -3,12 +3,10 @@
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from bilevel_cli.cli import CONFIG_DIR
-from bilevel_cli.engine.build import episodes_per_pass
 from bilevel_cli.engine.config import check_config
 from bilevel_cli.errors import UserError
 
@@ -69,18 +67,3 @@ def test_truncation_longer_than_T_is_refused():
     with pytest.raises(UserError, match=r"hypergrad.options.K must be in \[0, hypergrad.T=5\], got 9"):
         check_config(_compose("hypergrad=truncated", "hypergrad.options.K=9"))
     check_config(_compose("hypergrad=evograd", "hypergrad.options.K=16"))  # EvoGrad's K counts copies, not steps
-
-
-@pytest.mark.parametrize("experiment, device, expected", [
-    ("omniglot_5way_1shot", "cpu", 4),  # 80 images of 28×28 an episode: 4 in a pass of 2^18 values
-    ("omniglot_20way_1shot", "cpu", 1),  # 320 images of 28×28 an episode
-    ("miniimagenet_5way_1shot", "cpu", 1),  # more than 2^18 values an episode: still one
-    ("omniglot_5way_1shot", "meta", 100),  # any device but a CPU takes the larger pass
-])
-def test_auto_passes_fit_a_cpus_cache_and_fill_a_gpu(experiment, device, expected):
-    cfg = _compose(f"experiment={experiment}")
-    channels, size = (3, 84) if experiment.startswith("mini") else (1, 28)
-    store = torch.empty(10, 20, channels, size, size, dtype=torch.uint8, device=device)
-    sizes = cfg.task.ways, cfg.task.shots, cfg.task.queries
-    assert episodes_per_pass("auto", 100, store, *sizes) == expected
-    assert episodes_per_pass(7, 100, store, *sizes) == 7

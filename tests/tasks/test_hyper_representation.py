@@ -63,36 +63,9 @@ def test_a_fixed_inner_lr_is_not_an_outer_variable(episodes):
 def test_accuracy_is_per_episode_and_matches_the_training_path(episodes):
     task = _task()
     _, during_training = task.training_step(episodes, with_accuracy=True)
-    accuracy = task.accuracy(episodes, [task.T])[0]
+    accuracy = task.accuracy(episodes)
     assert accuracy.shape == (3,) and ((accuracy >= 0) & (accuracy <= 1)).all()
     torch.testing.assert_close(accuracy, during_training)
-
-
-@pytest.mark.parametrize("micro_batch", [1, 2])
-def test_micro_batches_give_the_meta_batchs_hypergradient(episodes, micro_batch):
-    """Parts of 1 or 2 of the 3 episodes (the last part shorter), weighted by their share: the same loss, accuracy
-    and gradients as one pass."""
-    results = []
-    for parts in [None, micro_batch]:
-        task = _task()
-        task.micro_batch = parts
-        loss, accuracy = task.training_step(episodes, with_accuracy=True)
-        results.append((loss, accuracy, [p.grad for p in task.parameters()]))
-    (loss, accuracy, grads), (part_loss, part_accuracy, part_grads) = results
-    torch.testing.assert_close(part_loss, loss)
-    torch.testing.assert_close(part_accuracy, accuracy)
-    assert len(grads) == len(part_grads) and all(g.abs().sum() > 0 for g in grads)
-    for g, h in zip(grads, part_grads):
-        torch.testing.assert_close(h, g)
-
-
-def test_accuracy_at_several_T_is_each_T_on_its_own(episodes):
-    task = _task()
-    together = task.accuracy(episodes, [4, 1, 2])
-    for row, T in zip(together, [4, 1, 2]):
-        task.T = T
-        torch.testing.assert_close(row, task.accuracy(episodes, [T])[0])
-    assert not (together[1] == together[0]).all()  # the steps do move the heads
 
 
 def test_outer_steps_lower_the_outer_loss(episodes):
