@@ -61,26 +61,37 @@ def evaluate(task, images: torch.Tensor, ways: int, shots: int, queries: int, ep
              batch: int) -> dict[str, float]:
     """Mean query accuracy over `episodes` episodes, in %, with its 95% confidence interval
     (1.96·std/√n over episodes, the convention of the few-shot literature)."""
+    return _summary(_accuracies(task, images, [task.T], ways, shots, queries, episodes, seed, batch)[0])
+
+
+def select_T(task, images: torch.Tensor, candidates, **episodes) -> dict[int, float]:
+    """Sets task.T to the candidate with the best accuracy on `images` (meta-validation), as the paper
+    re-selects the number of inner steps for testing; returns every candidate's accuracy. One backbone pass
+    over the episodes serves every candidate."""
+    candidates = list(candidates)
+    accuracies = _accuracies(task, images, candidates, **episodes)
+    scores = {T: _summary(row)["acc"] for T, row in zip(candidates, accuracies)}
+    task.T = max(scores, key=scores.get)
+    log.info("inner steps re-selected on meta-validation: T=%d (%s)", task.T,
+             ", ".join(f"T={T}: {acc:.2f}%" for T, acc in scores.items()))
+    return scores
+
+
+def _accuracies(task, images: torch.Tensor, Ts: list[int], ways: int, shots: int, queries: int, episodes: int,
+                seed: int, batch: int) -> torch.Tensor:
+    """Per-episode query accuracy (len(Ts), episodes) of heads trained by each of Ts inner steps."""
     sampler = EpisodeSampler(images, ways, shots, queries, seed)
     # All indices first, images chunk by chunk: the episodes depend on the seed alone, not on `batch`.
     classes, picked = sampler.draw(episodes)
     was_training = task.training
     task.eval()
-    accuracies = torch.cat([task.accuracy(sampler.gather(classes[i:i + batch], picked[i:i + batch]))
-                            for i in range(0, episodes, batch)])
+    accuracies = torch.cat([task.accuracy(sampler.gather(classes[i:i + batch], picked[i:i + batch]), Ts)
+                            for i in range(0, episodes, batch)], 1)
     task.train(was_training)
-    mean, std = accuracies.mean().item(), accuracies.std().item() if episodes > 1 else 0.0
-    return {"acc": 100 * mean, "ci95": 100 * 1.96 * std / math.sqrt(episodes), "episodes": episodes}
+    return accuracies
 
 
-def select_T(task, images: torch.Tensor, candidates, **episodes) -> dict[int, float]:
-    """Sets task.T to the candidate with the best accuracy on `images` (meta-validation), as the paper
-    re-selects the number of inner steps for testing; returns every candidate's accuracy."""
-    scores = {}
-    for T in candidates:
-        task.T = T
-        scores[T] = evaluate(task, images, **episodes)["acc"]
-    task.T = max(scores, key=scores.get)
-    log.info("inner steps re-selected on meta-validation: T=%d (%s)", task.T,
-             ", ".join(f"T={T}: {acc:.2f}%" for T, acc in scores.items()))
-    return scores
+def _summary(accuracies: torch.Tensor) -> dict[str, float]:
+    n = len(accuracies)
+    mean, std = accuracies.mean().item(), accuracies.std().item() if n > 1 else 0.0
+    return {"acc": 100 * mean, "ci95": 100 * 1.96 * std / math.sqrt(n), "episodes": n}

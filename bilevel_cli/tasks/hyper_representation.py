@@ -110,20 +110,23 @@ class HyperRepresentation(Task):
         loss, grads = hypergradient(step, outer_loss, w0, hparams, self.T, self.method, **self.method_options)
         outer = [(features, grads["features"])] + ([(self.inner_lr, grads["lr"])] if "lr" in grads else [])
         torch.autograd.backward(*zip(*outer))
-        accuracy = self._accuracy(leaf.detach(), episodes) if with_accuracy else None
+        accuracy = self._accuracy(leaf.detach(), episodes, [self.T])[0] if with_accuracy else None
         return loss, accuracy
 
     @torch.no_grad()
-    def accuracy(self, episodes: Episodes) -> torch.Tensor:
-        """Per-episode query accuracy of heads trained by T inner steps on the support set."""
-        return self._accuracy(self.features(episodes), episodes)
+    def accuracy(self, episodes: Episodes, Ts: list[int]) -> torch.Tensor:
+        """Per-episode query accuracy (len(Ts), B) of heads trained by each of Ts inner steps on the support set."""
+        return self._accuracy(self.features(episodes), episodes, Ts)
 
     @torch.no_grad()
-    def _accuracy(self, features: torch.Tensor, episodes: Episodes) -> torch.Tensor:
-        step, _, w0, hparams = self.problem(features, episodes)
-        w = unroll(step, w0, hparams, self.T)
-        logits = _linear(w, features[:, episodes.support_labels.shape[1]:])
-        return (logits.argmax(-1) == episodes.query_labels).float().mean(1)
+    def _accuracy(self, features: torch.Tensor, episodes: Episodes, Ts: list[int]) -> torch.Tensor:
+        # One run of max(Ts) steps, read off at each T: re-selecting T costs no extra backbone pass.
+        step, _, w, hparams = self.problem(features, episodes)
+        query, done, accuracies = features[:, episodes.support_labels.shape[1]:], 0, {}
+        for T in sorted(set(Ts)):
+            w, done = unroll(step, w, hparams, T, start=done), T
+            accuracies[T] = (_linear(w, query).argmax(-1) == episodes.query_labels).float().mean(1)
+        return torch.stack([accuracies[T] for T in Ts])
 
 
 def _linear(w: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:

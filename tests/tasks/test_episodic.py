@@ -32,3 +32,11 @@ def test_select_T_keeps_the_best_validation_T():
     for T, accuracy in scores.items():
         task.T = T
         assert math.isclose(evaluate(task, store, episodes=12, **PROTOCOL)["acc"], accuracy, rel_tol=1e-6)
+
+
+def test_select_T_runs_the_backbone_once_for_all_candidates():
+    task, store = _task_and_store()
+    passes = []
+    task.backbone.register_forward_hook(lambda *_: passes.append(1))
+    select_T(task, store, [1, 4, 16], episodes=12, **PROTOCOL)
+    assert len(passes) == 3  # 12 episodes in chunks of 4, whatever the number of candidates

@@ -63,9 +63,18 @@ def test_a_fixed_inner_lr_is_not_an_outer_variable(episodes):
 def test_accuracy_is_per_episode_and_matches_the_training_path(episodes):
     task = _task()
     _, during_training = task.training_step(episodes, with_accuracy=True)
-    accuracy = task.accuracy(episodes)
+    accuracy = task.accuracy(episodes, [task.T])[0]
     assert accuracy.shape == (3,) and ((accuracy >= 0) & (accuracy <= 1)).all()
     torch.testing.assert_close(accuracy, during_training)
+
+
+def test_accuracy_at_several_T_is_each_T_on_its_own(episodes):
+    task = _task()
+    together = task.accuracy(episodes, [4, 1, 2])
+    for row, T in zip(together, [4, 1, 2]):
+        task.T = T
+        torch.testing.assert_close(row, task.accuracy(episodes, [T])[0])
+    assert not (together[1] == together[0]).all()  # the steps do move the heads
 
 
 def test_outer_steps_lower_the_outer_loss(episodes):

@@ -31,7 +31,7 @@ def test_joint_training_is_tested_like_a_hyper_representation():
     """Its test accuracy is that of a T-step linear head on the frozen features, with a fixed inner rate."""
     task, episodes = _setup()
     assert "inner_lr" not in dict(task.named_parameters())
-    accuracy = task.accuracy(episodes)
+    accuracy = task.accuracy(episodes, [task.T])[0]
     assert accuracy.shape == (3,) and ((accuracy >= 0) & (accuracy <= 1)).all()
 
 
