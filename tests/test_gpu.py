@@ -74,7 +74,8 @@ def test_bf16_runs_the_backbone_in_bfloat16_and_the_hypergradient_in_float32():
 
 def test_a_hyper_iteration_does_not_wait_for_the_device(glyph_root):
     """No .item(), no copy to the host, no synchronization between the sampler and the outer step: the host can
-    queue the next hyper-iteration while the GPU runs this one (the engine syncs only to log and to check finiteness)."""
+    queue the next hyper-iteration while the GPU runs this one (the engine syncs only to log and to check
+    finiteness)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={glyph_root}", "task.meta_batch=4", "backbone.channels=8"])
     task = build_task(cfg, build_data(cfg, DEVICE))
