@@ -52,9 +52,12 @@ def test_train_writes_the_run_directory(bilevel, tmp_path):
     assert "test accuracy" in (run / "train.log").read_text()
 
 
-def test_sweep_over_T_gives_one_run_directory_each(bilevel, tmp_path):
-    bilevel("train", "-m", "hypergrad.T=1,2,3", *TINY)
+def test_sweep_over_T_gives_one_run_directory_each(bilevel, tmp_path, glyph_root):
+    # A path among the overrides stays out of the directory names, where its slashes would nest the runs.
+    bilevel("train", "-m", "hypergrad.T=1,2,3", f"data.root={glyph_root}", *TINY)
     runs = _run_dirs(tmp_path, "outputs/multirun/*/*")
+    assert len(runs) == 3 and all(f"hypergrad.T={T}" in r.name and "data.root" not in r.name
+                                  for T, r in zip([1, 2, 3], runs))
     assert [json.loads((r / "summary.json").read_text())["T"] for r in runs] == [1, 2, 3]
 
 
