@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_memory import MiB, SavedBytes
 from bilevel_cli.data.episodes import EpisodeSampler
 from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.config import native_bf16
@@ -48,34 +49,6 @@ from bilevel_cli.tasks.hyper_representation import HyperRepresentation
 WAYS, SHOTS, QUERIES = 5, 1, 15
 STORE = (1200, 20, 1, 28, 28)  # classes, images per class, C, H, W: Omniglot's training split in size
 PEERS = ("higher", "torchopt")
-MiB = 2 ** 20
-
-
-class SavedTensorMeter:
-    """Peak bytes of the distinct storages held by autograd's saved tensors, for saved_tensors_hooks: a storage
-    counts from the first tensor saved on it until the graph lets go of the last one."""
-
-    def __init__(self):
-        self.holders, self.live, self.peak = {}, 0, 0
-
-    def pack(self, x: torch.Tensor) -> "Saved":
-        key, size = x.untyped_storage().data_ptr(), x.untyped_storage().nbytes()
-        if not self.holders.get(key):
-            self.live += size
-            self.peak = max(self.peak, self.live)
-        self.holders[key] = self.holders.get(key, 0) + 1
-        return Saved(self, x, key, size)
-
-
-class Saved:
-    """What the graph keeps in place of a saved tensor; the graph drops it when it frees its saved tensors."""
-
-    def __init__(self, meter: SavedTensorMeter, tensor: torch.Tensor, key: int, size: int):
-        self.meter, self.tensor, self.key, self.size = meter, tensor, key, size
-
-    def __del__(self):
-        self.meter.holders[self.key] -= 1
-        self.meter.live -= 0 if self.meter.holders[self.key] else self.size
 
 
 def paths(task: HyperRepresentation, peers: dict) -> tuple[dict, list[nn.Module]]:
@@ -164,8 +137,8 @@ def measure(fn, episodes, zero, device, repeats: int, warmup: int) -> tuple[floa
         fn(episodes)
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
-        meter = SavedTensorMeter()
-        with torch.autograd.graph.saved_tensors_hooks(meter.pack, lambda saved: saved.tensor):
+        meter = SavedBytes()
+        with torch.autograd.graph.saved_tensors_hooks(meter.track, lambda x: x):
             fn(episodes)
         peak = meter.peak
     return seconds, peak
