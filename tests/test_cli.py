@@ -1,6 +1,8 @@
 """The `bilevel` command as a user runs it: run directories, sweeps, eval, and one-line errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -21,6 +23,21 @@ def _run_dirs(root, pattern="outputs/train/*"):
 def test_help_lists_the_commands(bilevel):
     out = bilevel("--help").stdout
     assert "train" in out and "eval" in out
+
+
+def test_the_command_starts_without_importing_torchvision():
+    # torchvision takes seconds to import; only the resnet18 backbone and the downloads need it.
+    probe = """
+import sys
+from bilevel_cli.cli import main
+sys.argv = ["bilevel", "train", "--cfg", "job"]
+try:
+    main()
+finally:
+    print("torchvision imported:", "torchvision" in sys.modules, file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stderr.strip().splitlines()[-1] == "torchvision imported: False"
 
 
 def test_unknown_command_is_one_line_and_exit_2(bilevel):

@@ -8,7 +8,6 @@ from functools import partial
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
 from bilevel_cli.models.batchnorm import EpisodeBackbone, EpisodeBatchNorm2d
 
@@ -16,6 +15,9 @@ from bilevel_cli.models.batchnorm import EpisodeBackbone, EpisodeBatchNorm2d
 class ResNet18(EpisodeBackbone):
     def __init__(self, in_channels: int = 3, norm: str = "episode"):
         super().__init__()
+        # Imported here: torchvision takes seconds to import, and every `bilevel` command that does not build
+        # this backbone would pay for it.
+        from torchvision.models import resnet18
         self.net = resnet18(weights=None, norm_layer=partial(EpisodeBatchNorm2d, mode=norm))
         self.net.conv1 = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
         # torchvision initializes its convs so; the replaced first conv should not differ.
