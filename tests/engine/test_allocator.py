@@ -5,42 +5,34 @@ import sys
 
 import pytest
 
-# Allocates, touches and frees 256 MiB, then prints how much of it the process still holds (resident MiB).
+# Allocates, touches and frees argv[3] MiB, then prints how much of it the process still holds (resident MiB). The
+# memory is a tensor, or with argv[2] == "malloc" one block from malloc itself: nothing else is allocated between
+# that block's malloc and its free, so it is the top of the heap when freed, the memory glibc trims.
 PROBE = """
-import sys, torch
+import ctypes, sys, torch
 from bilevel_cli.engine.allocator import keep_freed_memory
 kept = keep_freed_memory() if sys.argv[1] == "keep" else None
 def resident():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
 before = resident()
-x = torch.ones(64 * 2**20)
-del x
-print(kept, resident() - before)
-"""
-
-# The same with one block of argv[2] MiB from malloc itself: nothing else is allocated between its malloc and its
-# free, so it is the top of the heap when freed, the memory glibc trims.
-TOP_OF_HEAP_PROBE = """
-import ctypes, sys
-from bilevel_cli.engine.allocator import keep_freed_memory
-kept = keep_freed_memory() if sys.argv[1] == "keep" else None
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.argtypes, libc.malloc.restype, libc.free.argtypes = [ctypes.c_size_t], ctypes.c_void_p, [ctypes.c_void_p]
-def resident():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-before = resident()
-size = int(sys.argv[2]) * 2**20
-block = libc.malloc(size)
-ctypes.memset(block, 1, size)
-libc.free(block)
+size = int(sys.argv[3]) * 2**20
+if sys.argv[2] == "malloc":
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+else:
+    x = torch.ones(size // 4)
+    del x
 print(kept, resident() - before)
 """
 
 
-def _held_after_free(mode: str, probe: str = PROBE, *args: str) -> tuple[str, float]:
-    out = subprocess.run([sys.executable, "-c", probe, mode, *args], capture_output=True, text=True,
+def _held_after_free(mode: str, source: str = "tensor", mib: int = 256) -> tuple[str, float]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode, source, str(mib)], capture_output=True, text=True,
                          check=True).stdout
     kept, held = out.split()
     return kept, float(held)
@@ -58,5 +50,5 @@ def test_freed_memory_stays_with_the_process_for_reuse():
 def test_freed_memory_stays_with_the_process_beyond_2_gib():
     # An evaluation pass can free gigabytes at once. With 2 GiB as the trim threshold, the largest positive int
     # mallopt takes, glibc handed such memory back and the next pass faulted every page of it in again.
-    kept, held = _held_after_free("keep", TOP_OF_HEAP_PROBE, "2560")
+    kept, held = _held_after_free("keep", "malloc", mib=2560)
     assert kept == "True" and held > 2500
