@@ -27,7 +27,8 @@ import time
 
 import torch
 
-from bench_memory import MiB, SavedBytes, run_json, write_section
+from bench_memory import MiB, run_json, write_section
+from bilevel_cli.core.saved_bytes import SavedBytes
 from bilevel_cli.data.digits import load_digits
 from bilevel_cli.tasks.hyper_cleaning import HyperCleaning
 

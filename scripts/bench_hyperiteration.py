@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_memory import MiB, SavedBytes
+from bench_memory import MiB
+from bilevel_cli.core.saved_bytes import SavedBytes
 from bilevel_cli.data.episodes import EpisodeSampler
 from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.config import native_bf16

@@ -32,40 +32,15 @@ import shlex
 import subprocess
 import sys
 import time
-import weakref
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
 from bilevel_cli.core import hypergradient, momentum
+from bilevel_cli.core.saved_bytes import SavedBytes
 
 METHODS = ("reverse", "checkpointed", "forward", "reversible")
 HEADING = "### Hypergradient memory:"
 MiB = 2 ** 20
-
-
-class SavedBytes:
-    """Peak bytes of the distinct storages kept alive by the tensors passed to `track` (a storage counts
-    once, from its first tracked tensor until its last one is freed); storages in `ignore` never count."""
-
-    def __init__(self, ignore=()):
-        self.ignore, self.holders, self.live, self.peak = set(ignore), {}, 0, 0
-
-    def track(self, x: torch.Tensor) -> torch.Tensor:
-        for part in fwAD.unpack_dual(x):  # a dual tensor holds its primal and its tangent
-            if part is None or part._is_zerotensor() or part.untyped_storage().data_ptr() in self.ignore:
-                continue
-            key, size = part.untyped_storage().data_ptr(), part.untyped_storage().nbytes()
-            if not self.holders.get(key):
-                self.live += size
-                self.peak = max(self.peak, self.live)
-            self.holders[key] = self.holders.get(key, 0) + 1
-            weakref.finalize(x, self._release, key, size)
-        return x
-
-    def _release(self, key: int, size: int) -> None:
-        self.holders[key] -= 1
-        self.live -= 0 if self.holders[key] else size
 
 
 def problem(dim: int, device: str, n: int = 16):

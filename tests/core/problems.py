@@ -4,14 +4,12 @@ hypergradients (a plain module, not a conftest: the tests import it as `from pro
 Every tensor is created with an explicit dtype (float64); the global default dtype is never changed.
 """
 
-import weakref
-
 import numpy as np
 import torch
-import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from bilevel_cli.core import gd, hypergradient
+from bilevel_cli.core.saved_bytes import SavedBytes
 
 DTYPE = torch.float64
 C = 0.3
@@ -36,6 +34,17 @@ def assert_same(actual: dict, expected: dict, rtol: float) -> None:
 #   dw_T/dc = Q (φ'(a) z),  φ'(a) = (Tηr^{T−1}a − (1 − r^T))/a²  (da/dc = 1),
 #   dw_T/dη = Q (T r^{T−1} z).
 # ---------------------------------------------------------------------------------------------------
+
+def recording_times(step):
+    """`step`, wrapped to append each call's t to a list: (wrapped step, that list)."""
+    seen = []
+
+    def recorded(w, h, t):
+        seen.append(t)
+        return step(w, h, t)
+
+    return recorded, seen
+
 
 def ridge_closed_form(d, c: float, eta: float, T: int):
     """(E, dE/dc, dE/dη) of T gd steps from w0 = 0, from the spectral formulas above."""
@@ -103,32 +112,6 @@ def representation_problem(d):
 # Memory
 # ---------------------------------------------------------------------------------------------------
 
-class PeakBytes:
-    """Peak bytes of the distinct storages kept alive by the tensors passed to `track` (a storage counts
-    once, however many tensors share it, from the first tracked tensor until the last one is freed)."""
-
-    def __init__(self):
-        self.holders, self.live, self.peak = {}, 0, 0
-
-    def track(self, x: torch.Tensor) -> torch.Tensor:
-        for part in fwAD.unpack_dual(x):  # a dual tensor holds its primal and its tangent
-            if part is None or part._is_zerotensor():  # a zero tangent has no storage
-                continue
-            storage = part.untyped_storage()
-            key, size = storage.data_ptr(), storage.nbytes()
-            if not self.holders.get(key):
-                self.live += size
-                self.peak = max(self.peak, self.live)
-            self.holders[key] = self.holders.get(key, 0) + 1
-            weakref.finalize(x, self._release, key, size)
-        return x
-
-    def _release(self, key: int, size: int) -> None:
-        self.holders[key] -= 1
-        if not self.holders[key]:
-            self.live -= size
-
-
 def peak_bytes(method: str, T: int, **options) -> int:
     """Peak bytes held by autograd's saved tensors and by the states `step` returns (checkpoints included)
     of T gd steps on a 50-parameter least squares problem (λ = the weight decay), during one
@@ -136,7 +119,7 @@ def peak_bytes(method: str, T: int, **options) -> int:
     gen = torch.Generator().manual_seed(4)
     X, y = torch.randn(20, 50, generator=gen, dtype=DTYPE), torch.randn(20, generator=gen, dtype=DTYPE)
     opt = gd(lambda p, h: 0.5 * ((X @ p["w"] - y) ** 2).sum(), lr=1e-3, weight_decay="c")
-    meter = PeakBytes()
+    meter = SavedBytes()
 
     def step(w, h, t):
         return {k: meter.track(v) for k, v in opt.step(w, h, t).items()}

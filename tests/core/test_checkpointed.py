@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bilevel_cli.core import hypergradient, momentum
-from problems import C, DTYPE, assert_same, peak_bytes, representation_problem, ridge_closed_form, ridge_problem
+from problems import (C, DTYPE, assert_same, peak_bytes, recording_times, representation_problem, ridge_closed_form,
+                      ridge_problem)
 
 
 T_SEGMENTS = 10
@@ -44,12 +45,7 @@ def test_checkpointed_recomputes_segments_last_first(ridge_data):
     """T = 7, segment 3: one pass t = 0..6 (keeping checkpoints at 0, 3, 6), then the segments recomputed
     from their checkpoints, last first: [6], [3, 4, 5], [0, 1, 2]."""
     step, outer, w0, hparams = ridge_problem(ridge_data)
-    seen = []
-
-    def counting_step(w, h, t):
-        seen.append(t)
-        return step(w, h, t)
-
+    counting_step, seen = recording_times(step)
     hypergradient(counting_step, outer, w0, hparams, 7, method="checkpointed", segment=3)
     assert seen == [0, 1, 2, 3, 4, 5, 6, 6, 3, 4, 5, 0, 1, 2]
 

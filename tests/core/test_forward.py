@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from bilevel_cli.core import adam, forward_hypergradient, forward_step, gd, hypergradient, momentum, tangents
-from problems import (C, DTYPE, assert_same, peak_bytes, representation_problem, ridge_closed_form, ridge_lr,
-                      ridge_problem)
+from problems import (C, DTYPE, assert_same, peak_bytes, recording_times, representation_problem, ridge_closed_form,
+                      ridge_lr, ridge_problem)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -88,12 +88,7 @@ def test_forward_runs_one_pass_per_scalar_hyperparameter(ridge_data):
     (tangent direction), in order t = 0..3, so that the tangents of all scalars advance together."""
     step, outer, w0, hparams = ridge_problem(ridge_data)
     hparams["unused"] = torch.ones(2, 3, dtype=DTYPE, requires_grad=True)
-    seen = []
-
-    def counting_step(w, h, t):
-        seen.append(t)
-        return step(w, h, t)
-
+    counting_step, seen = recording_times(step)
     hypergradient(counting_step, outer, w0, hparams, 4, method="forward")
     assert seen == [t for t in range(4) for _ in range(8)]
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import bilevel_cli
 from bilevel_cli.core import METHODS, adam, gd, hypergradient, momentum
+from problems import recording_times
 
 DTYPE = torch.float64
 OPTIMIZERS = {"gd": gd, "momentum": momentum, "adam": adam}
@@ -574,12 +575,7 @@ def test_steps_are_called_with_t_in_order(classification_data, method, options):
     """Every method runs `step` exactly for t = 0, 1, ..., T−1 in order (Adam's bias correction reads t),
     whichever of those steps it differentiates through."""
     opt, outer, w0 = classification_setup(classification_data)
-    seen = []
-
-    def step(w, h, t):
-        seen.append(t)
-        return opt.step(w, h, t)
-
+    step, seen = recording_times(opt.step)
     hypergradient(step, outer, w0, {"lr": scalar(0.5), "c": scalar(0.1)}, 5, method=method, **options)
     assert seen == [0, 1, 2, 3, 4]
 

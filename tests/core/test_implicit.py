@@ -14,7 +14,7 @@ import torch
 
 import problems
 from bilevel_cli.core import gd, hypergradient, momentum
-from problems import C, DTYPE
+from problems import C, DTYPE, recording_times
 
 T_CONVERGED = 200  # (1 − ηa_min)^200 ≈ 0.82^200 < 1e-17: w_T = w* to rounding
 
@@ -178,12 +178,7 @@ def test_implicit_calls_T_steps_then_the_map_at_T(ridge_data, method):
     unread hparam getting an exact zero."""
     step, outer, w0, hparams = ridge_problem(ridge_data)
     hparams["unused"] = torch.ones(2, 3, dtype=DTYPE, requires_grad=True)
-    seen = []
-
-    def counting_step(w, h, t):
-        seen.append(t)
-        return step(w, h, t)
-
+    counting_step, seen = recording_times(step)
     value, grads = hypergradient(counting_step, outer, w0, hparams, 4, method=method, iterations=3)
     assert seen == [0, 1, 2, 3, 4]
     assert not value.requires_grad and list(grads) == list(hparams)

@@ -14,7 +14,8 @@ import torch
 from bilevel_cli.core import Schedule, gd, hypergradient, momentum
 from bilevel_cli.core.reversible import (MOMENTUM_BITS, _divide, _multiply, exact_reverse_step, exact_step,
                                          from_exact, to_exact)
-from problems import DTYPE, PeakBytes, assert_same
+from bilevel_cli.core.saved_bytes import SavedBytes
+from problems import DTYPE, assert_same
 
 T = 40
 
@@ -153,7 +154,7 @@ def test_saved_tensors_do_not_grow_with_T(ridge_data):
     references and which do grow with T, are the caller's and do not count."""
     def peak(method, T_run):
         step, outer, w0, hparams = ridge_momentum(ridge_data, T=T_run)
-        meter = PeakBytes()
+        meter = SavedBytes()
         with torch.autograd.graph.saved_tensors_hooks(meter.track, lambda x: x):
             hypergradient(step, outer, w0(), hparams, T_run, method=method)
         return meter.peak - sum(h.untyped_storage().nbytes() for h in hparams.values())

@@ -1,7 +1,6 @@
 """The written report: the terminal text, report.html and the PNGs; and the HTML as a real browser shows it."""
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
