@@ -27,14 +27,6 @@ def assert_same(actual: dict, expected: dict, rtol: float) -> None:
         assert err <= rtol * scale, f"{k}: error {err:.3e} against norm {scale:.3e}"
 
 
-# ---------------------------------------------------------------------------------------------------
-# Ridge regression. Inner L(w) = ½‖Xw − y‖² + (c/2)‖w‖² (gradient Aw − b, A = XᵀX + cI, b = Xᵀy), gd with
-# step η from w0 = 0; outer E(w, c) = ½‖X_v w − y_v‖² + ½c². With A = Q diag(a) Qᵀ and z = Qᵀb:
-#   w_T = Q (φ(a) z),  φ(a) = (1 − r^T)/a,  r = 1 − ηa,
-#   dw_T/dc = Q (φ'(a) z),  φ'(a) = (Tηr^{T−1}a − (1 − r^T))/a²  (da/dc = 1),
-#   dw_T/dη = Q (T r^{T−1} z).
-# ---------------------------------------------------------------------------------------------------
-
 def recording_times(step):
     """`step`, wrapped to append each call's t to a list: (wrapped step, that list)."""
     seen = []
@@ -45,6 +37,14 @@ def recording_times(step):
 
     return recorded, seen
 
+
+# ---------------------------------------------------------------------------------------------------
+# Ridge regression. Inner L(w) = ½‖Xw − y‖² + (c/2)‖w‖² (gradient Aw − b, A = XᵀX + cI, b = Xᵀy), gd with
+# step η from w0 = 0; outer E(w, c) = ½‖X_v w − y_v‖² + ½c². With A = Q diag(a) Qᵀ and z = Qᵀb:
+#   w_T = Q (φ(a) z),  φ(a) = (1 − r^T)/a,  r = 1 − ηa,
+#   dw_T/dc = Q (φ'(a) z),  φ'(a) = (Tηr^{T−1}a − (1 − r^T))/a²  (da/dc = 1),
+#   dw_T/dη = Q (T r^{T−1} z).
+# ---------------------------------------------------------------------------------------------------
 
 def ridge_closed_form(d, c: float, eta: float, T: int):
     """(E, dE/dc, dE/dη) of T gd steps from w0 = 0, from the spectral formulas above."""
