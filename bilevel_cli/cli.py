@@ -54,7 +54,9 @@ def _reporting(function, *args):
     try:
         return function(*args)
     except UserError as error:
-        print(f"bilevel: error: {error}", file=sys.stderr)
+        # One write, newline included: under torchrun every rank says the line at once, and print's two writes
+        # (text, then end) let the ranks' lines run into each other.
+        sys.stderr.write(f"bilevel: error: {error}\n")
         sys.exit(2)
     except Interrupted as stop:
         print(f"bilevel: {stop}", file=sys.stderr)
