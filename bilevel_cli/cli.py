@@ -54,13 +54,17 @@ def _reporting(function, *args):
     try:
         return function(*args)
     except UserError as error:
-        # One write, newline included: under torchrun every rank says the line at once, and print's two writes
-        # (text, then end) let the ranks' lines run into each other.
-        sys.stderr.write(f"bilevel: error: {error}\n")
+        _say(f"bilevel: error: {error}")
         sys.exit(2)
     except Interrupted as stop:
-        print(f"bilevel: {stop}", file=sys.stderr)
+        _say(f"bilevel: {stop}")
         sys.exit(stop.exit_code)
+
+
+def _say(line: str) -> None:
+    # One write, newline included: under torchrun every rank says the line at once, and print's two writes
+    # (text, then end) let the ranks' lines run into each other.
+    sys.stderr.write(line + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
