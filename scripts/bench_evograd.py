@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from bench_memory import MiB, run_json, write_section
+from bench_memory import MiB, parse_arguments, run_json, write_section
 from bilevel_cli.core.saved_bytes import SavedBytes
 from bilevel_cli.data.digits import load_digits
 from bilevel_cli.tasks.hyper_cleaning import HyperCleaning
@@ -71,13 +71,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200, help="hyper-iterations (experiment=hyper_cleaning's)")
     parser.add_argument("--copies", type=int, nargs="+", default=[2, 16], help="EvoGrad's K (the paper's is 2)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when available)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", help="also write the markdown into this file (replacing this script's section)")
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "K"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args = parse_arguments(parser, "K")
     if args.one:
         print(json.dumps(train_one(args.one[0], int(args.one[1]), args)))
         return

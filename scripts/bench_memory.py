@@ -114,13 +114,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, nargs="+", default=[100, 1000], help="horizons")
     parser.add_argument("--dim", type=int, default=100_000, help="number of inner parameters")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when available)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", help="also write the markdown into this file (replacing this script's section)")
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "T"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args = parse_arguments(parser, "T")
     if args.one:
         print(json.dumps(measure_one(args.one[0], int(args.one[1]), args)))
         return
@@ -150,6 +144,19 @@ def main():
     print(text, end="")
     if args.out:
         write_section(args.out, HEADING, text)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, setting: str) -> argparse.Namespace:
+    """Adds the options this script and bench_evograd.py share, parses, and resolves `--device auto`. `--one
+    METHOD <setting>` is how the parent asks a fresh child process for one measurement."""
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", help="also write the markdown into this file (replacing this script's section)")
+    parser.add_argument("--one", nargs=2, metavar=("METHOD", setting), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
 
 
 def write_section(path: str, heading: str, text: str) -> None:
