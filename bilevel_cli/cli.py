@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bilevel_cli.errors import Interrupted, UserError
 
@@ -43,7 +43,8 @@ def eval_app(cfg: DictConfig) -> dict:
 
     hc = HydraConfig.get()
     overrides = [o for o in hc.overrides.task if not o.startswith("checkpoint=")]
-    return _reporting(evaluate_checkpoint, cfg.checkpoint, overrides, Path(hc.runtime.output_dir))
+    # select, not cfg.checkpoint: a checkpoint left unset is the user's mistake, which evaluate_checkpoint reports.
+    return _reporting(evaluate_checkpoint, OmegaConf.select(cfg, "checkpoint"), overrides, Path(hc.runtime.output_dir))
 
 
 APPS = {"train": train_app, "eval": eval_app}

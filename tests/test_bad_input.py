@@ -155,6 +155,11 @@ def test_cli_checkpoint_of_another_task(cli, checkpoints, tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_eval_without_a_checkpoint(cli):
+    assert cli("eval") == "no checkpoint to test; pass one: bilevel eval checkpoint=outputs/train/<run>/best.pt"
+
+
+@pytest.mark.slow
 def test_cli_truncated_checkpoint(cli, checkpoints, tmp_path):
     shutil.copy(checkpoints / "truncated.pt", tmp_path)
     assert cli("eval", "checkpoint=truncated.pt").startswith(

@@ -17,9 +17,11 @@ from bilevel_cli.errors import UserError
 log = logging.getLogger(__name__)
 
 
-def evaluate_checkpoint(path: str, overrides: list[str], run_dir: Path) -> dict:
+def evaluate_checkpoint(path: str | None, overrides: list[str], run_dir: Path) -> dict:
     """Test a trained checkpoint under its training config, with value overrides (e.g. `hypergrad.T=10`,
     `task.ways=20`, `trainer.test_episodes=1000`) applied on top; writes config.yaml and summary.json."""
+    if path is None:
+        raise UserError("no checkpoint to test; pass one: bilevel eval checkpoint=outputs/train/<run>/best.pt")
     keep_freed_memory()
     state = checkpoint.load(path)
     cfg = OmegaConf.create(state["config"])
