@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bilevel: error: unknown command {command!r}; choose one of: {', '.join([*APPS, 'compare'])} "
               "(see bilevel --help)", file=sys.stderr)
         sys.exit(2)
-    from bilevel_cli.engine.config import check_group_options
+    from bilevel_cli.engine.config import check_overrides
 
-    _reporting(check_group_options, rest, CONFIG_DIR)  # before Hydra, whose report of a missing option is long
+    _reporting(check_overrides, rest, CONFIG_DIR, command)  # the config files are named after the commands
     if command == "train":
         from bilevel_cli.engine.distributed import hydra_overrides
 

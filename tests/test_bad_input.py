@@ -19,7 +19,7 @@ from PIL import Image
 from bilevel_cli.cli import CONFIG_DIR
 from bilevel_cli.engine import checkpoint
 from bilevel_cli.engine.build import build_data, build_task
-from bilevel_cli.engine.config import check_config, check_group_options
+from bilevel_cli.engine.config import check_config, check_overrides
 from bilevel_cli.engine.evaluate import evaluate_checkpoint
 from bilevel_cli.errors import UserError
 
@@ -111,6 +111,12 @@ def test_cli_unknown_backbone(cli):
 
 
 @pytest.mark.slow
+def test_cli_misspelt_key(cli):
+    assert cli("train", "trainer.stepz=3") == (
+        "trainer.stepz is not in the config (did you mean trainer.steps?); to add a new key, write +trainer.stepz=3")
+
+
+@pytest.mark.slow
 def test_cli_zero_T(cli):
     assert cli("train", *SMALL, "hypergrad.T=0") == "hypergrad.T must be an integer >= 1, got 0 (e.g. hypergrad.T=5)"
 
@@ -184,14 +190,46 @@ def test_cli_crafted_checkpoint_runs_no_code(cli, tmp_path):
 ])
 def test_unknown_group_option_lists_the_options(argv, group, option):
     options = sorted(path.stem for path in (Path(CONFIG_DIR) / group).glob("*.yaml"))
-    assert _error(check_group_options, argv, CONFIG_DIR) == (
+    assert _error(check_overrides, argv, CONFIG_DIR, "train") == (
         f"unknown {group} {option!r}; choose one of: {', '.join(options)}")
 
 
+@pytest.mark.parametrize("argv, command, message", [
+    (["trainer.stepz=3"], "train",
+     "trainer.stepz is not in the config (did you mean trainer.steps?); to add a new key, write +trainer.stepz=3"),
+    (["experiment=omniglot_5way_1shot", "inner.lrr=2"], "train",
+     "inner.lrr is not in the config (did you mean inner.lr?); to add a new key, write +inner.lrr=2"),
+    (["-m", "hypergrad.T=1,5", "backbone.chanels=8"], "train",
+     "backbone.chanels is not in the config (did you mean backbone.channels?); to add a new key, write "
+     "+backbone.chanels=8"),
+    (["hydra.run.dirr=x"], "train", "hydra.run.dirr is not in the config (did you mean hydra.run.dir?)"),
+    (["checkpoint=best.pt", "trainer.test_episodez=9"], "eval",
+     "trainer.test_episodez is not in the config (did you mean trainer.test_episodes?)"),
+    (["zzz.qqq=1"], "train", "zzz.qqq is not in the config; to add a new key, write +zzz.qqq=1"),
+    (["~trainer.nope"], "train", "Could not delete from config. 'trainer.nope' does not exist."),
+    (["hydra/launcher=nope"], "train", "unknown hydra/launcher 'nope'; choose one of: basic, "),
+    (["hypergrad.T=[1"], "train", "cannot parse 'hypergrad.T=[1': "),
+    (["hypergrad.T=1,5"], "train", "Ambiguous value for argument 'hypergrad.T=1,5' "),
+])
+def test_an_override_hydra_would_refuse_is_one_line(argv, command, message):
+    assert _error(check_overrides, argv, CONFIG_DIR, command).startswith(message)
+
+
 @pytest.mark.parametrize("argv", [["backbone=resnet12", "hypergrad=truncated"], ["-m", "hypergrad=reverse,forward"],
-                                  ["--cfg", "job"], ["~backbone"], ["hypergrad.T=3"], ["logger=[wandb,tensorboard]"]])
-def test_known_group_options_pass(argv):
-    check_group_options(argv, CONFIG_DIR)
+                                  ["--cfg", "job"], ["~backbone"], ["hypergrad.T=3"], ["logger=[wandb,tensorboard]"],
+                                  ["-m", "experiment=omniglot_5way_1shot,omniglot_20way_5shot", "inner.lr=0.01,0.03"],
+                                  ["+trainer.note=x"], ["hydra/launcher=parallel"], ["-m", "seed=range(3)"],
+                                  ["--config-name", "another", "trainer.stepz=1"]])
+def test_overrides_hydra_accepts_pass(argv):
+    check_overrides(argv, CONFIG_DIR, "train")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer=3", "trainer is a section of settings, not a value (got trainer=3); set its keys, e.g. trainer.steps=1000"),
+    ("paths=x", "paths is a section of settings, not a value (got paths='x'); set its keys, e.g. paths.data_dir=/data"),
+])
+def test_a_section_set_to_a_value(override, message):
+    assert _error(check_config, _compose(override)) == message
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,12 +1,16 @@
-"""Checks of a composed config before any work starts, each failing with one line that names the fix."""
+"""Checks of the command line and of the composed config before any work starts, each failing with one line that
+names the fix."""
 
+import difflib
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from bilevel_cli.core import METHODS, OPTIMIZERS
 from bilevel_cli.engine.build import BACKBONE_TASKS, BUILDERS, check_targets
@@ -22,10 +26,17 @@ INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.
 NUMBERS = {"inner.lr": (False, 0.1), "outer.optimizer.lr": (False, 0.001), "outer.decay": (True, 0)}
 CHOICES = {"task.name": tuple(BUILDERS), "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS,
            "trainer.precision": ("fp32", "bf16")}
+# sections of conf/train.yaml that are not config groups (a group's `task=3` is an unknown option): an example key
+SECTIONS = {"trainer": "trainer.steps=1000", "paths": "paths.data_dir=/data"}
 ABSENT = object()
 
 
 def check_config(cfg: DictConfig) -> None:
+    for key, example in SECTIONS.items():  # `trainer=3` composes, and would fail at the first trainer.<key>
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, DictConfig):
+            raise UserError(f"{key} is a section of settings, not a value (got {key}={value!r}); set its keys, "
+                            f"e.g. {example}")
     for key, minimum in INTEGERS.items():
         value = OmegaConf.select(cfg, key, default=ABSENT)
         if value is ABSENT:  # a key of another task's config group
@@ -67,30 +78,101 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"hypergrad=reversible reverses heavy-ball momentum; use inner=momentum (got inner={inner})")
 
 
-def check_group_options(argv: list[str], config_dir: str | Path) -> None:
-    """Every config group option that the command line `argv` names (`backbone=nope`, `-m hypergrad=reverse,nope`)
-    is a file of its group. Meant to run before Hydra composes: Hydra's own report of a missing option is a dozen
-    lines and exit code 1."""
+def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -> None:
+    """The overrides on the command line `argv`, checked before Hydra runs, whose own reports of these mistakes are
+    several lines and exit code 1: every config group option named is a file of its group (each choice of a sweep,
+    `-m hypergrad=reverse,nope`), and the config composes with them, a sweep at its first choice (an unknown key
+    such as `trainer.stepz=3`, an unknown `hydra/launcher`, a value Hydra cannot parse)."""
     groups = {folder.name: folder for folder in Path(config_dir).iterdir() if folder.is_dir()}
+    multirun = any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN") for arg in argv)
     parser = OverridesParser.create()
+    composed = []
     for arg in argv:
-        if arg.startswith("-") or "=" not in arg:  # Hydra's flags and their values
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # Hydra's flags and their values
             continue
         try:
             (override,) = parser.parse_overrides([arg])
-        except HydraException:  # a syntax error, which Hydra reports in one line itself
-            continue
-        folder = groups.get(override.key_or_group)
-        if folder is None or override.is_delete() or override.value_type not in (
-                ValueType.ELEMENT, ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
-            continue
-        options = sorted(file.stem for file in folder.glob("*.yaml"))
-        chosen = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
-        for choice in chosen:
-            # A list selects several options of the group at once (logger=[wandb,tensorboard]).
-            for option in choice if isinstance(choice, list) else [choice]:
-                if option is not None and option not in options:
-                    raise UserError(f"unknown {folder.name} {option!r}; choose one of: {', '.join(options)}")
+        except HydraException as error:
+            raise UserError(f"cannot parse {arg!r}: {_one_line(error)}") from None
+        _check_group_option(override, groups)
+        if multirun and override.is_sweep_override():
+            try:
+                arg = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+            except HydraException:  # a sweep that only its sweeper enumerates (glob, interval): not checked here
+                continue
+        composed.append(arg)
+    if not any(arg.split("=")[0] in CONFIG_FLAGS for arg in argv):  # another config than config_name's
+        _check_composes(config_dir, config_name, composed)
+
+
+# Flags that make Hydra compose another config than the command's: the composition check does not apply.
+CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+
+
+def _check_group_option(override, groups: dict[str, Path]) -> None:
+    folder = groups.get(override.key_or_group)
+    if folder is None or override.is_delete() or override.value_type not in (
+            ValueType.ELEMENT, ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
+        return
+    options = sorted(file.stem for file in folder.glob("*.yaml"))
+    chosen = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
+    for choice in chosen:
+        # A list selects several options of the group at once (logger=[wandb,tensorboard]).
+        for option in choice if isinstance(choice, list) else [choice]:
+            if option is not None and option not in options:
+                raise UserError(f"unknown {folder.name} {option!r}; choose one of: {', '.join(options)}")
+
+
+def _check_composes(config_dir: str | Path, config_name: str, overrides: list[str]) -> None:
+    try:
+        _compose(config_dir, config_name, overrides)
+    except MissingConfigException as error:
+        if error.missing_cfg_file and error.options is not None:  # hydra/launcher=nope, or one in a defaults list
+            group, _, option = error.missing_cfg_file.rpartition("/")
+            raise UserError(f"unknown {group} {option!r}; choose one of: {', '.join(error.options)}") from None
+        raise UserError(_one_line(error)) from None
+    except HydraException as error:
+        key = getattr(error.__cause__, "full_key", None)
+        if not isinstance(error.__cause__, (ConfigAttributeError, ConfigKeyError)) or not key:
+            raise UserError(_one_line(error)) from None
+        raise UserError(_unknown_key(key, config_dir, config_name, overrides)) from None
+
+
+def _compose(config_dir: str | Path, config_name: str, overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
+        return compose(config_name, overrides=overrides, return_hydra_config=True)
+
+
+def _unknown_key(key: str, config_dir: str | Path, config_name: str, overrides: list[str]) -> str:
+    """`trainer.stepz is not in the config (did you mean trainer.steps?); ...`: the closest key of the config
+    composed without the override that named it."""
+    culprit = next((arg for arg in overrides if f"{_key(arg)}.".startswith(f"{key}.")), None)
+    key = _key(culprit) if culprit else key  # zzz.qqq=1 fails at zzz
+    try:
+        config = OmegaConf.to_container(_compose(config_dir, config_name, [a for a in overrides if a != culprit]))
+        match = difflib.get_close_matches(key, list(_keys(config)), n=1)
+    except HydraException:
+        match = []
+    hint = f" (did you mean {match[0]}?)" if match else ""
+    append = f"; to add a new key, write +{culprit.lstrip('+')}" if culprit and "=" in culprit else ""
+    return f"{key} is not in the config{hint}{append}"
+
+
+def _key(override: str) -> str:
+    return override.split("=")[0].lstrip("~+").split("@")[0]
+
+
+def _keys(node: dict, prefix: str = ""):
+    for name, value in node.items():
+        yield prefix + str(name)
+        if isinstance(value, dict):
+            yield from _keys(value, f"{prefix}{name}.")
+
+
+def _one_line(error: Exception) -> str:
+    """Hydra's message on one line, without its listing of the config search path."""
+    text = str(error).split("\nConfig search path:")[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def native_bf16(device: torch.device) -> bool:
