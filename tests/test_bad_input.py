@@ -225,7 +225,8 @@ def test_overrides_hydra_accepts_pass(argv):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("trainer=3", "trainer is a section of settings, not a value (got trainer=3); set its keys, e.g. trainer.steps=1000"),
+    ("trainer=3",
+     "trainer is a section of settings, not a value (got trainer=3); set its keys, e.g. trainer.steps=1000"),
     ("paths=x", "paths is a section of settings, not a value (got paths='x'); set its keys, e.g. paths.data_dir=/data"),
 ])
 def test_a_section_set_to_a_value(override, message):
@@ -245,6 +246,11 @@ def test_a_section_set_to_a_value(override, message):
     ("hypergrad.method=nope", "unknown hypergrad.method 'nope'; choose one of: reverse, "),
     ("inner.name=nope", "unknown inner.name 'nope'; choose one of: gd, "),
     ("trainer.precision=fp16", "unknown trainer.precision 'fp16'; choose one of: fp32, bf16"),
+    ("inner.learn_lr=maybe", "inner.learn_lr must be true or false, got 'maybe'"),
+    ("backbone.pool=1", "backbone.pool must be true or false, got 1"),
+    ("trainer.select_T=3",
+     "trainer.select_T must be a list of integers >= 1, got 3 (e.g. 'trainer.select_T=[1,3,5,10]')"),
+    ("trainer.select_T=[0,5]", "trainer.select_T must be a list of integers >= 1, got [0, 5]"),
     ("outer.optimizer._target_=torch.optim.Nope", "outer.optimizer._target_ 'torch.optim.Nope' names no class"),
     ("backbone._target_=bilevel_cli.models.Nope", "backbone._target_ 'bilevel_cli.models.Nope' names no function"),
     # What a config may instantiate: nothing outside this project and torch, and in torch classes only.

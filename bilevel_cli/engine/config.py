@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from bilevel_cli.core import METHODS, OPTIMIZERS
@@ -24,6 +24,7 @@ INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.
             "task.train": 1, "task.val": 1, "task.test": 1, "task.corrupted": 0}
 # key: whether zero is allowed, a sensible value
 NUMBERS = {"inner.lr": (False, 0.1), "outer.optimizer.lr": (False, 0.001), "outer.decay": (True, 0)}
+BOOLEANS = ("inner.learn_lr", "data.download", "backbone.pool", "task.exact", "task.centre")
 CHOICES = {"task.name": tuple(BUILDERS), "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS,
            "trainer.precision": ("fp32", "bf16")}
 # sections of conf/train.yaml that are not config groups (a group's `task=3` is an unknown option): an example key
@@ -50,6 +51,10 @@ def check_config(cfg: DictConfig) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not zero_ok):
             raise UserError(f"{key} must be a {'non-negative' if zero_ok else 'positive'} number, got {value!r} "
                             f"(e.g. {key}={example})")
+    for key in BOOLEANS:
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is not ABSENT and not isinstance(value, bool):
+            raise UserError(f"{key} must be true or false, got {value!r}")
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and value not in choices:
@@ -66,8 +71,10 @@ def check_config(cfg: DictConfig) -> None:
     if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
         raise UserError(f"trainer.patience must be null or an integer >= 1, got {patience!r}")
     candidates = OmegaConf.select(cfg, "trainer.select_T") or []
-    if not all(isinstance(T, int) and not isinstance(T, bool) and T >= 1 for T in candidates):
-        raise UserError(f"trainer.select_T must be a list of integers >= 1, got {list(candidates)} "
+    if not isinstance(candidates, (list, ListConfig)) or not all(
+            isinstance(T, int) and not isinstance(T, bool) and T >= 1 for T in candidates):
+        shown = list(candidates) if isinstance(candidates, ListConfig) else candidates
+        raise UserError(f"trainer.select_T must be a list of integers >= 1, got {shown!r} "
                         "(e.g. 'trainer.select_T=[1,3,5,10]')")
     method, options = cfg.hypergrad.method, OmegaConf.select(cfg, "hypergrad.options") or {}
     K = options.get("K", 0)  # truncated's back-propagated steps (EvoGrad's K, its number of copies, is free)
