@@ -19,7 +19,7 @@ from PIL import Image
 from bilevel_cli.cli import CONFIG_DIR
 from bilevel_cli.engine import checkpoint
 from bilevel_cli.engine.build import build_data, build_task
-from bilevel_cli.engine.config import check_config, check_overrides
+from bilevel_cli.engine.config import check_config, check_overrides, missing_option
 from bilevel_cli.engine.evaluate import evaluate_checkpoint
 from bilevel_cli.errors import UserError
 
@@ -213,6 +213,13 @@ def test_unknown_group_option_lists_the_options(argv, group, option):
 ])
 def test_an_override_hydra_would_refuse_is_one_line(argv, command, message):
     assert _error(check_overrides, argv, CONFIG_DIR, command).startswith(message)
+
+
+def test_a_launcher_without_its_plugin_says_what_to_install():
+    # What Hydra reports for hydra/launcher=parallel when hydra-joblib-launcher is not installed (the tests have it).
+    assert missing_option("hydra/launcher", "joblib", ["basic", "parallel", "slurm"]) == (
+        "hydra/launcher 'joblib' needs the plugin hydra-joblib-launcher, which is not installed; "
+        'pip install -e ".[launchers]"')
 
 
 @pytest.mark.parametrize("argv", [["backbone=resnet12", "hypergrad=truncated"], ["-m", "hypergrad=reverse,forward"],

@@ -136,13 +136,26 @@ def _check_composes(config_dir: str | Path, config_name: str, overrides: list[st
     except MissingConfigException as error:
         if error.missing_cfg_file and error.options is not None:  # hydra/launcher=nope, or one in a defaults list
             group, _, option = error.missing_cfg_file.rpartition("/")
-            raise UserError(f"unknown {group} {option!r}; choose one of: {', '.join(error.options)}") from None
+            raise UserError(missing_option(group, option, error.options)) from None
         raise UserError(_one_line(error)) from None
     except HydraException as error:
         key = getattr(error.__cause__, "full_key", None)
         if not isinstance(error.__cause__, (ConfigAttributeError, ConfigKeyError)) or not key:
             raise UserError(_one_line(error)) from None
         raise UserError(_unknown_key(key, config_dir, config_name, overrides)) from None
+
+
+# Hydra's launchers that come from a plugin (conf/hydra/launcher/parallel.yaml and slurm.yaml build on them): the
+# option is missing when the plugin is not installed.
+LAUNCHER_PLUGINS = {"joblib": "hydra-joblib-launcher", "submitit_local": "hydra-submitit-launcher",
+                    "submitit_slurm": "hydra-submitit-launcher"}
+
+
+def missing_option(group: str, option: str, options: list[str]) -> str:
+    if group == "hydra/launcher" and option in LAUNCHER_PLUGINS:
+        return (f"hydra/launcher {option!r} needs the plugin {LAUNCHER_PLUGINS[option]}, which is not installed; "
+                "pip install -e \".[launchers]\"")
+    return f"unknown {group} {option!r}; choose one of: {', '.join(options)}"
 
 
 def _compose(config_dir: str | Path, config_name: str, overrides: list[str]) -> DictConfig:
