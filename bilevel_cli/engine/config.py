@@ -179,7 +179,9 @@ def _unknown_key(key: str, config_dir: str | Path, config_name: str, overrides: 
 
 
 def _key(override: str) -> str:
-    return override.split("=")[0].lstrip("~+").split("@")[0]
+    """The key an override sets, by Hydra's own parser (`+a.b@pkg=1` sets a.b); `override` has parsed before."""
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    return parsed.key_or_group
 
 
 def _keys(node: dict, prefix: str = ""):
