@@ -1,6 +1,7 @@
 """What continuing a run needs beyond the weights: which checkpoint to continue, whether it fits the
 config, and every random number generator's state, so that a resumed run is bit-for-bit the uninterrupted one."""
 
+import json
 import random
 from pathlib import Path
 
@@ -16,14 +17,18 @@ MAY_CHANGE = {"resume", "device", "logger", "trainer.steps", "trainer.patience",
               "trainer.max_bad_steps", "trainer.precision"}
 
 
-def checkpoint_to_resume(resume: bool | None, run_dir: Path) -> Path | None:
+def checkpoint_to_resume(resume: bool | None, run_dir: Path, steps: int) -> Path | None:
     """The checkpoint to continue from, or None to start fresh. `resume=null` (the default) continues when the
     run directory holds one (a rerun in the same directory, a requeued job); `true` insists; `false` refuses
-    to start over on top of a run's checkpoints, which would lose them."""
-    last = run_dir / "last.pt"
-    if (run_dir / "summary.json").is_file() and last.is_file():
-        raise UserError(f"{run_dir} holds a finished run (summary.json); choose another directory "
-                        "(hydra.run.dir=...) or test it with bilevel eval checkpoint=" + str(run_dir / "best.pt"))
+    to start over on top of a run's checkpoints, which would lose them. A finished run continues only when asked
+    to, with `resume=true` and more `steps` than it ran (see `set_aside_summary`)."""
+    last, summary = run_dir / "last.pt", run_dir / "summary.json"
+    if summary.is_file() and last.is_file():
+        finished = json.loads(summary.read_text())["steps"]
+        if resume is not True or steps <= finished:
+            raise UserError(f"{run_dir} holds a finished run of {finished} steps (summary.json); train it longer "
+                            f"with resume=true trainer.steps=<more than {finished}>, choose another directory "
+                            f"(hydra.run.dir=...), or test it with bilevel eval checkpoint={run_dir / 'best.pt'}")
     if resume is False and last.is_file():
         raise UserError(f"{run_dir} already holds a run's checkpoint; pass resume=true to continue it, "
                         "or choose another directory with hydra.run.dir=...")
@@ -42,6 +47,13 @@ def check_resumable(saved: dict, config: dict, path: Path) -> None:
         raise UserError(f"cannot resume {path}: the config differs from the checkpoint's in {', '.join(differing)} "
                         f"({key}: {was.get(key)!r} there, {now.get(key)!r} now); "
                         "drop those overrides or start a new run in another directory")
+
+
+def set_aside_summary(run_dir: Path) -> None:
+    """A finished run trained longer keeps the shorter run's result on record, as summary_<steps>_steps.json."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        summary.rename(run_dir / f"summary_{json.loads(summary.read_text())['steps']}_steps.json")
 
 
 def rng_state(generators: list[torch.Generator]) -> dict:

@@ -17,7 +17,7 @@ from bilevel_cli.engine.build import build_data, build_task, make
 from bilevel_cli.engine.config import check_config, native_bf16, resolve_device
 from bilevel_cli.engine.interrupt import StopRequests
 from bilevel_cli.engine.loggers import open_loggers
-from bilevel_cli.engine.resume import check_resumable, checkpoint_to_resume, rng_state, set_rng_state
+from bilevel_cli.engine.resume import check_resumable, checkpoint_to_resume, rng_state, set_aside_summary, set_rng_state
 from bilevel_cli.errors import Interrupted, UserError
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     if cfg.trainer.precision == "bf16" and not native_bf16(device):
         log.warning(f"trainer.precision=bf16 on {device}, which has no native bfloat16 (AVX512-BF16, AMX or a bf16 "
                     "GPU): autocast emulates it, slower than fp32; drop the override on this machine")
-    resume_from = checkpoint_to_resume(cfg.resume, run_dir)
+    resume_from = checkpoint_to_resume(cfg.resume, run_dir, cfg.trainer.steps)
     torch.manual_seed(cfg.seed)
     task = build_task(cfg, build_data(cfg, device))
     if world > 1:
@@ -54,6 +54,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
         schedule.load_state_dict(saved["schedule"])
         set_rng_state(saved["rng"], task.generators())
         run = saved["run"]
+        if leader:
+            set_aside_summary(run_dir)
         log.info(f"resuming {resume_from} at step {run['step']}")
     if leader:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -71,7 +71,11 @@ def train(glyph_root, tmp_path):
 
 
 def _summary(run_dir):
-    summary = json.loads((run_dir / "summary.json").read_text())
+    return _summary_file(run_dir / "summary.json")
+
+
+def _summary_file(path):
+    summary = json.loads(path.read_text())
     del summary["wall_time_s"]  # the one figure that depends on the interruption by nature
     return summary
 
@@ -153,3 +157,19 @@ def test_out_of_memory_names_the_options_that_fix_it(train, tmp_path):
     line = done.stderr.strip().splitlines()[-1]
     assert line.startswith("bilevel: error: out of memory on cpu at step 1") and "task.meta_batch" in line and (
         "hypergrad=checkpointed" in line) and "trainer.precision=bf16" in line
+
+
+def test_a_finished_run_trains_longer_only_when_asked_and_keeps_its_shorter_result(train, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    assert train(run_dir, "trainer.steps=4").returncode == 0
+    shorter = _summary(run_dir)
+    for overrides in [("trainer.steps=6",), ("resume=true", "trainer.steps=4")]:  # not asked; not longer
+        refused = train(run_dir, *overrides)
+        assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+            f"bilevel: error: {run_dir} holds a finished run of 4 steps (summary.json); train it longer with "
+            "resume=true trainer.steps=<more than 4>, choose another directory (hydra.run.dir=...), or test it "
+            f"with bilevel eval checkpoint={run_dir / 'best.pt'}"]
+    assert train(run_dir, "resume=true", "trainer.steps=6").returncode == 0
+    assert _summary(run_dir) == _summary(uninterrupted)  # 4 is a multiple of val_every: bit for bit
+    assert _metrics(run_dir) == _metrics(uninterrupted)
+    assert _summary_file(run_dir / "summary_4_steps.json") == shorter
