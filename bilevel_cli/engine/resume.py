@@ -24,7 +24,7 @@ def checkpoint_to_resume(resume: bool | None, run_dir: Path, steps: int) -> Path
     to, with `resume=true` and more `steps` than it ran (see `set_aside_summary`)."""
     last, summary = run_dir / "last.pt", run_dir / "summary.json"
     if summary.is_file() and last.is_file():
-        finished = json.loads(summary.read_text())["steps"]
+        finished = _steps_of(summary)
         if resume is not True or steps <= finished:
             raise UserError(f"{run_dir} holds a finished run of {finished} steps (summary.json); train it longer "
                             f"with resume=true trainer.steps=<more than {finished}>, choose another directory "
@@ -53,7 +53,7 @@ def set_aside_summary(run_dir: Path) -> None:
     """A finished run trained longer keeps the shorter run's result on record, as summary_<steps>_steps.json."""
     summary = run_dir / "summary.json"
     if summary.is_file():
-        summary.rename(run_dir / f"summary_{json.loads(summary.read_text())['steps']}_steps.json")
+        summary.rename(run_dir / f"summary_{_steps_of(summary)}_steps.json")
 
 
 def rng_state(generators: list[torch.Generator]) -> dict:
@@ -78,6 +78,14 @@ def _numpy_state() -> tuple:
     """NumPy's generator state with its key array as a tensor: checkpoints load with weights_only=True."""
     name, keys, position, has_gauss, gauss = np.random.get_state()
     return name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss
+
+
+def _steps_of(summary: Path) -> int:
+    try:
+        return int(json.loads(summary.read_text())["steps"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{summary} is not a summary bilevel train wrote (no steps in it); move it aside to continue "
+                        "the run's last.pt, or choose another directory with hydra.run.dir=...") from None
 
 
 def _may_change(key: str) -> bool:

@@ -173,3 +173,8 @@ def test_a_finished_run_trains_longer_only_when_asked_and_keeps_its_shorter_resu
     assert _summary(run_dir) == _summary(uninterrupted)  # 4 is a multiple of val_every: bit for bit
     assert _metrics(run_dir) == _metrics(uninterrupted)
     assert _summary_file(run_dir / "summary_4_steps.json") == shorter
+    (run_dir / "summary.json").write_text('{"test_acc": ')  # cut short
+    broken = train(run_dir, "resume=true", "trainer.steps=8")
+    assert broken.returncode == 2 and broken.stderr.strip().splitlines() == [
+        f"bilevel: error: {run_dir / 'summary.json'} is not a summary bilevel train wrote (no steps in it); move it "
+        "aside to continue the run's last.pt, or choose another directory with hydra.run.dir=..."]
