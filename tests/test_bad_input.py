@@ -258,6 +258,13 @@ def test_a_section_set_to_a_value(override, message):
     ("trainer.select_T=3",
      "trainer.select_T must be a list of integers >= 1, got 3 (e.g. 'trainer.select_T=[1,3,5,10]')"),
     ("trainer.select_T=[0,5]", "trainer.select_T must be a list of integers >= 1, got [0, 5]"),
+    ("backbone.channels=0", "backbone.channels must be a positive integer (conv4) or a list of them (resnet12), got 0 "
+                            "(e.g. backbone.channels=64 or 'backbone.channels=[64,160,320,640]')"),
+    ("backbone.channels=[64,0]", "backbone.channels must be a positive integer (conv4) or a list of them (resnet12), "
+                                 "got [64, 0]"),
+    ("backbone.channels=[]", "backbone.channels must be a positive integer (conv4) or a list of them (resnet12), got []"),
+    ("backbone.channels=wide", "backbone.channels must be a positive integer (conv4) or a list of them (resnet12), "
+                               "got 'wide'"),
     ("outer.optimizer._target_=torch.optim.Nope", "outer.optimizer._target_ 'torch.optim.Nope' names no class"),
     ("backbone._target_=bilevel_cli.models.Nope", "backbone._target_ 'bilevel_cli.models.Nope' names no function"),
     # What a config may instantiate: nothing outside this project and torch, and in torch classes only.

@@ -42,7 +42,7 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=ABSENT)
         if value is ABSENT:  # a key of another task's config group
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        if not _is_int(value) or value < minimum:
             raise UserError(f"{key} must be an integer >= {minimum}, got {value!r} (e.g. {key}={max(minimum, 5)})")
     for key, (zero_ok, example) in NUMBERS.items():
         value = OmegaConf.select(cfg, key, default=ABSENT)
@@ -51,6 +51,12 @@ def check_config(cfg: DictConfig) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (value == 0 and not zero_ok):
             raise UserError(f"{key} must be a {'non-negative' if zero_ok else 'positive'} number, got {value!r} "
                             f"(e.g. {key}={example})")
+    channels = OmegaConf.select(cfg, "backbone.channels", default=ABSENT)  # conv4: one width; resnet12: a list
+    widths = list(channels) if isinstance(channels, ListConfig) else [channels]
+    if channels is not ABSENT and not (widths and all(_is_int(w) and w >= 1 for w in widths)):
+        shown = widths if isinstance(channels, ListConfig) else channels
+        raise UserError(f"backbone.channels must be a positive integer (conv4) or a list of them (resnet12), got "
+                        f"{shown!r} (e.g. backbone.channels=64 or 'backbone.channels=[64,160,320,640]')")
     for key in BOOLEANS:
         value = OmegaConf.select(cfg, key, default=ABSENT)
         if value is not ABSENT and not isinstance(value, bool):
@@ -68,17 +74,17 @@ def check_config(cfg: DictConfig) -> None:
         raise UserError(f"resume must be true, false or null, got {resume!r} (resume=true continues the run in "
                         "hydra.run.dir)")
     patience = OmegaConf.select(cfg, "trainer.patience")
-    if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 1):
+    if patience is not None and (not _is_int(patience) or patience < 1):
         raise UserError(f"trainer.patience must be null or an integer >= 1, got {patience!r}")
     candidates = OmegaConf.select(cfg, "trainer.select_T") or []
     if not isinstance(candidates, (list, ListConfig)) or not all(
-            isinstance(T, int) and not isinstance(T, bool) and T >= 1 for T in candidates):
+            _is_int(T) and T >= 1 for T in candidates):
         shown = list(candidates) if isinstance(candidates, ListConfig) else candidates
         raise UserError(f"trainer.select_T must be a list of integers >= 1, got {shown!r} "
                         "(e.g. 'trainer.select_T=[1,3,5,10]')")
     method, options = cfg.hypergrad.method, OmegaConf.select(cfg, "hypergrad.options") or {}
     K = options.get("K", 0)  # truncated's back-propagated steps (EvoGrad's K, its number of copies, is free)
-    if method == "truncated" and (not isinstance(K, int) or isinstance(K, bool) or not 0 <= K <= cfg.hypergrad.T):
+    if method == "truncated" and (not _is_int(K) or not 0 <= K <= cfg.hypergrad.T):
         raise UserError(f"hypergrad.options.K must be in [0, hypergrad.T={cfg.hypergrad.T}], got {K!r}")
     inner = OmegaConf.select(cfg, "inner.name")
     if method == "reversible" and inner != "momentum":
@@ -216,3 +222,7 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name} but no CUDA GPU is visible; use device=cpu or device=auto")
     return device
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is an int to Python
