@@ -258,6 +258,17 @@ def test_a_section_set_to_a_value(override, message):
     ("trainer.select_T=3",
      "trainer.select_T must be a list of integers >= 1, got 3 (e.g. 'trainer.select_T=[1,3,5,10]')"),
     ("trainer.select_T=[0,5]", "trainer.select_T must be a list of integers >= 1, got [0, 5]"),
+    # The inner optimizer's and hypergradient's options, checked by the core on a one-number problem.
+    ("inner=momentum inner.options.momentum=2", "inner.options: momentum must be in [0, 1], got 2"),
+    ("inner=momentum inner.options.momentum=fast", "inner.options.momentum must be a number, got 'fast'"),
+    ("inner=adam +inner.options.betas=[0.9,1.0]", "inner.options: betas must be in [0, 1), got (0.9, 1.0)"),
+    ("+inner.options.foo=1", "inner.options: gd() got an unexpected keyword argument 'foo'"),
+    ("hypergrad=evograd hypergrad.options.K=0", "hypergrad.options: evograd: K must be >= 1 and sigma, tau > 0, got K=0"),
+    ("hypergrad=checkpointed hypergrad.options.segment=0",
+     "hypergrad.options: checkpointed: segment must be >= 1, got segment=0"),
+    ("hypergrad=reversible inner=momentum hypergrad.options.bits=70",
+     "hypergrad.options: reversible: bits must be in [0, 62], got bits=70"),
+    ("+hypergrad.options.foo=1", "hypergrad.options: reverse() got an unexpected keyword argument 'foo'"),
     ("backbone.channels=0", "backbone.channels must be a positive integer (conv4) or a list of them (resnet12), got 0 "
                             "(e.g. backbone.channels=64 or 'backbone.channels=[64,160,320,640]')"),
     ("backbone.channels=[64,0]", "backbone.channels must be a positive integer (conv4) or a list of them (resnet12), "
@@ -277,7 +288,7 @@ def test_a_section_set_to_a_value(override, message):
     ("+trainer.hook._target_=bilevel_cli.data.glyphs.load_glyphs", "trainer.hook._target_ "),
 ])
 def test_bad_config_value(override, message):
-    assert _error(check_config, _compose(override)).startswith(message)
+    assert _error(check_config, _compose(*override.split())).startswith(message)
 
 
 def test_bf16_needs_a_task_with_a_backbone():

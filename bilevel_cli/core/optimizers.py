@@ -68,6 +68,8 @@ class InnerOptimizer(NamedTuple):
 
 def gd(loss: Loss, lr: Hyper, weight_decay: Hyper = 0.0, gradient: Gradient | None = None) -> InnerOptimizer:
     """Gradient descent: w ← w − lr·(∇L(w) + weight_decay·w)."""
+    _check_range(weight_decay=(weight_decay, 0, None))
+
     def step(w: Tensors, hparams: Tensors, t: int) -> Tensors:
         eta, grads = _value(lr, hparams, t), _gradient(loss, w, hparams, t, weight_decay, gradient)
         return {k: w[k] - eta * g for k, g in grads.items()}
@@ -78,6 +80,8 @@ def gd(loss: Loss, lr: Hyper, weight_decay: Hyper = 0.0, gradient: Gradient | No
 def momentum(loss: Loss, lr: Hyper, momentum: Hyper = 0.9, weight_decay: Hyper = 0.0,
              gradient: Gradient | None = None) -> InnerOptimizer:
     """Heavy-ball momentum: v ← μ·v + ∇L(w); w ← w − lr·v (PyTorch's SGD convention)."""
+    _check_range(momentum=(momentum, 0, 1), weight_decay=(weight_decay, 0, None))
+
     def init(params: Tensors) -> Tensors:
         return {**params, **{f"{k}@velocity": torch.zeros_like(p) for k, p in params.items()}}
 
@@ -101,6 +105,9 @@ def adam(loss: Loss, lr: Hyper, betas: tuple[float, float] = (0.9, 0.999), eps: 
     """Adam with bias correction. `eps_root` inside the square root keeps its derivative finite
     where a gradient coordinate is exactly zero (sqrt has an infinite slope at 0)."""
     b1, b2 = betas
+    if not all(0 <= b < 1 for b in betas):  # at 1 the bias correction divides by zero
+        raise ValueError(f"betas must be in [0, 1), got {tuple(betas)}")
+    _check_range(eps=(eps, 0, None), weight_decay=(weight_decay, 0, None), eps_root=(eps_root, 0, None))
 
     def init(params: Tensors) -> Tensors:
         zeros = {f"{k}@{m}": torch.zeros_like(p) for k, p in params.items() for m in ("m", "v")}
@@ -155,6 +162,14 @@ def _gradient(loss: Loss, w: Tensors, hparams: Tensors, t: int, weight_decay: Hy
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads)]
     wd = _value(weight_decay, hparams, t)
     return {k: g + wd * w[k] if _nonzero(wd) else g for (k, g) in zip(params, grads)}
+
+
+def _check_range(**values: tuple[Hyper, float, float | None]) -> None:
+    """Each number in [low, high] (high None: no bound); an hparam name or a Schedule is the outer loop's to keep."""
+    for name, (x, low, high) in values.items():
+        if isinstance(x, (int, float)) and not (low <= x and (high is None or x <= high)):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise ValueError(f"{name} must be {bound}, got {x}")
 
 
 def _nonzero(x) -> bool:

@@ -12,7 +12,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from bilevel_cli.core import METHODS, OPTIMIZERS
+from bilevel_cli.core import METHODS, OPTIMIZERS, hypergradient
 from bilevel_cli.engine.build import BACKBONE_TASKS, BUILDERS, check_targets
 from bilevel_cli.errors import UserError
 from bilevel_cli.models.batchnorm import NORMS
@@ -82,13 +82,36 @@ def check_config(cfg: DictConfig) -> None:
         shown = list(candidates) if isinstance(candidates, ListConfig) else candidates
         raise UserError(f"trainer.select_T must be a list of integers >= 1, got {shown!r} "
                         "(e.g. 'trainer.select_T=[1,3,5,10]')")
-    method, options = cfg.hypergrad.method, OmegaConf.select(cfg, "hypergrad.options") or {}
-    K = options.get("K", 0)  # truncated's back-propagated steps (EvoGrad's K, its number of copies, is free)
-    if method == "truncated" and (not _is_int(K) or not 0 <= K <= cfg.hypergrad.T):
-        raise UserError(f"hypergrad.options.K must be in [0, hypergrad.T={cfg.hypergrad.T}], got {K!r}")
-    inner = OmegaConf.select(cfg, "inner.name")
+    method, inner = cfg.hypergrad.method, OmegaConf.select(cfg, "inner.name")
     if method == "reversible" and inner != "momentum":
         raise UserError(f"hypergrad=reversible reverses heavy-ball momentum; use inner=momentum (got inner={inner})")
+    _check_options(cfg)
+
+
+def _check_options(cfg: DictConfig) -> None:
+    """The inner optimizer's and the hypergradient's options, checked by the core's own code on a problem of one
+    number before any data loads: a value out of range or an unknown option is one line now, not a traceback at the
+    first hyper-iteration."""
+    for section in ("inner.options", "hypergrad.options"):  # numbers (Adam's betas: a list of them), or null
+        for key, value in (OmegaConf.select(cfg, section) or {}).items():
+            values = list(value) if isinstance(value, ListConfig) else [value]
+            if not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+                raise UserError(f"{section}.{key} must be a number, got {value!r}")
+    if OmegaConf.select(cfg, "inner.name") is None:
+        return
+    options = OmegaConf.to_container(cfg.inner.options)
+    try:
+        inner = OPTIMIZERS[cfg.inner.name](lambda w, h: (w["w"] - h["h"]).square().sum(), lr=cfg.inner.lr, **options)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"inner.options: {error}") from None
+    options = OmegaConf.to_container(cfg.hypergrad.options)
+    try:
+        with torch.random.fork_rng(devices=[]):  # EvoGrad draws noise: the run's random numbers stay untouched
+            hypergradient(inner.step, lambda w, h: w["w"].square().sum(), inner.init({"w": torch.zeros(1)}),
+                          {"h": torch.ones(1, requires_grad=True)}, cfg.hypergrad.T, cfg.hypergrad.method,
+                          **options)
+    except (TypeError, ValueError) as error:
+        raise UserError(f"hypergrad.options: {error}") from None
 
 
 def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -> None:

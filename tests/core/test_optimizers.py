@@ -227,3 +227,21 @@ def test_adam_hypergradient_finite_with_unused_parameter(classification_data):
     lr = torch.tensor(0.05, dtype=DTYPE, requires_grad=True)
     _, grads = hypergradient(opt.step, outer, w0, {"lr": lr}, 5)
     assert torch.isfinite(grads["lr"])
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda loss: momentum(loss, 0.1, momentum=1.5), r"momentum must be in \[0, 1\], got 1.5"),
+    (lambda loss: gd(loss, 0.1, weight_decay=-0.1), r"weight_decay must be >= 0, got -0.1"),
+    (lambda loss: adam(loss, 0.1, betas=(0.9, 1.0)), r"betas must be in \[0, 1\), got \(0.9, 1.0\)"),
+    (lambda loss: adam(loss, 0.1, eps=-1e-8), r"eps must be >= 0, got -1e-08"),
+])
+def test_hyperparameters_out_of_range_are_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build(lambda w, h: w["w"].sum())
+
+
+def test_hyperparameters_named_or_at_the_bounds_are_accepted():
+    loss = lambda w, h: w["w"].sum()  # noqa: E731
+    momentum(loss, 0.1, momentum="mu")  # an outer variable: its value is the outer loop's to keep
+    momentum(loss, 0.1, momentum=1.0)
+    adam(loss, 0.1, betas=(0.0, 0.999), eps=0.0)

@@ -64,6 +64,6 @@ def test_bad_values_fail_the_checks(override, message):
 
 
 def test_truncation_longer_than_T_is_refused():
-    with pytest.raises(UserError, match=r"hypergrad.options.K must be in \[0, hypergrad.T=5\], got 9"):
+    with pytest.raises(UserError, match=r"hypergrad.options: truncated: K must be in \[0, T=5\], got K=9"):
         check_config(_compose("hypergrad=truncated", "hypergrad.options.K=9"))
     check_config(_compose("hypergrad=evograd", "hypergrad.options.K=16"))  # EvoGrad's K counts copies, not steps
