@@ -415,3 +415,13 @@ def test_crafted_checkpoint_runs_no_code(tmp_path, write):
     assert _evaluate_error(tmp_path, tmp_path, "crafted.pt").startswith(
         f"checkpoint {tmp_path}/crafted.pt was not loaded: it holds ")
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("flags, key", [([], "hydra.run.dir"), (["-m"], "hydra.sweep.dir")])
+def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path, flags, key):
+    (tmp_path / "a_file").write_text("")
+    directory = tmp_path / "a_file" / "run"
+    assert _error(check_overrides, [*flags, f"{key}={directory}"], CONFIG_DIR, "train") == (
+        f"cannot create the run directory {directory}: {tmp_path / 'a_file'} is a file; choose another with {key}=...")
+    check_overrides([*flags, f"{key}={tmp_path / 'new' / 'run'}"], CONFIG_DIR, "train")
+    assert not (tmp_path / "new").exists()  # checked, not created: Hydra creates it

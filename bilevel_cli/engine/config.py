@@ -2,6 +2,7 @@
 names the fix."""
 
 import difflib
+import os
 from pathlib import Path
 
 import torch
@@ -118,7 +119,8 @@ def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -
     """The overrides on the command line `argv`, checked before Hydra runs, whose own reports of these mistakes are
     several lines and exit code 1: every config group option named is a file of its group (each choice of a sweep,
     `-m hypergrad=reverse,nope`), and the config composes with them, a sweep at its first choice (an unknown key
-    such as `trainer.stepz=3`, an unknown `hydra/launcher`, a value Hydra cannot parse)."""
+    such as `trainer.stepz=3`, an unknown `hydra/launcher`, a value Hydra cannot parse), into a run directory that
+    can be created."""
     groups = {folder.name: folder for folder in Path(config_dir).iterdir() if folder.is_dir()}
     multirun = any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN") for arg in argv)
     parser = OverridesParser.create()
@@ -138,7 +140,7 @@ def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -
                 continue
         composed.append(arg)
     if not any(arg.split("=")[0] in CONFIG_FLAGS for arg in argv):  # another config than config_name's
-        _check_composes(config_dir, config_name, composed)
+        _check_output_dir(_check_composes(config_dir, config_name, composed), multirun)
 
 
 # Flags that make Hydra compose another config than the command's: the composition check does not apply.
@@ -159,9 +161,9 @@ def _check_group_option(override, groups: dict[str, Path]) -> None:
                 raise UserError(f"unknown {folder.name} {option!r}; choose one of: {', '.join(options)}")
 
 
-def _check_composes(config_dir: str | Path, config_name: str, overrides: list[str]) -> None:
+def _check_composes(config_dir: str | Path, config_name: str, overrides: list[str]) -> DictConfig:
     try:
-        _compose(config_dir, config_name, overrides)
+        return _compose(config_dir, config_name, overrides)
     except MissingConfigException as error:
         if error.missing_cfg_file and error.options is not None:  # hydra/launcher=nope, or one in a defaults list
             group, _, option = error.missing_cfg_file.rpartition("/")
@@ -172,6 +174,17 @@ def _check_composes(config_dir: str | Path, config_name: str, overrides: list[st
         if not isinstance(error.__cause__, (ConfigAttributeError, ConfigKeyError)) or not key:
             raise UserError(_one_line(error)) from None
         raise UserError(_unknown_key(key, config_dir, config_name, overrides)) from None
+
+
+def _check_output_dir(cfg: DictConfig, multirun: bool) -> None:
+    """Hydra creates the run directory (a sweep's, with -m) before the command starts, and reports a failure to with
+    a traceback: the nearest folder of it that exists must be one we may write in."""
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    path = Path(OmegaConf.select(cfg, key)).absolute()
+    existing = next(folder for folder in [path, *path.parents] if folder.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"this user may not write in {existing}" if existing.is_dir() else f"{existing} is a file"
+        raise UserError(f"cannot create the run directory {path}: {reason}; choose another with {key}=...")
 
 
 # Hydra's launchers that come from a plugin (conf/hydra/launcher/parallel.yaml and slurm.yaml build on them): the

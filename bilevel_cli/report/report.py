@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from bilevel_cli.errors import UserError
 from bilevel_cli.report.html import render
 from bilevel_cli.report.plots import make_figures
 from bilevel_cli.report.runs import find_runs, group_runs
@@ -17,10 +18,14 @@ def write_report(paths: list[Path], out: Path, paper: bool = False) -> str:
     keys = list(groups[0].settings)
     figures = make_figures(groups, rows)
     unfinished = [run for run in runs if run.summary is None]
-    out.mkdir(parents=True, exist_ok=True)
-    for figure in figures:
-        (out / figure.name).write_bytes(figure.png)
-    (out / "report.html").write_text(render(paths, rows, keys, common, paper, figures, unfinished))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for figure in figures:
+            (out / figure.name).write_bytes(figure.png)
+        (out / "report.html").write_text(render(paths, rows, keys, common, paper, figures, unfinished))
+    except OSError as error:
+        raise UserError(f"cannot write the report into {out}: {error.strerror}; choose another directory with "
+                        "--out DIR") from None
     lines = [f"{len(runs)} runs in {len(groups)} groups" + (
         f"; shared: {' '.join(f'{k}={v}' for k, v in common.items())}" if common else ""), "",
         format_table(rows, keys, paper), ""]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from bilevel_cli.errors import UserError
 from bilevel_cli.report.report import write_report
 
 PLOTS = {"outer_loss.png", "val_acc.png", "test_acc_vs_T.png", "s_per_iteration_vs_T.png"}
@@ -35,6 +36,14 @@ def test_without_a_spread_of_T_there_is_no_plot_against_T(make_run, tmp_path):
     make_run("b", ["seed=1"], seed=1, test_acc=62.0)
     write_report([tmp_path / "sweep"], tmp_path / "out")
     assert {p.name for p in (tmp_path / "out").glob("*.png")} == {"outer_loss.png", "val_acc.png"}
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_clear_error(make_run, tmp_path):
+    make_run("a", ["seed=0"], seed=0, test_acc=60.0)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=f"cannot write the report into {tmp_path / 'a_file' / 'out'}: Not a "
+                                        "directory; choose another directory with --out DIR"):
+        write_report([tmp_path / "sweep"], tmp_path / "a_file" / "out")
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="no Chromium (Debian's chromium package) at /usr/bin/chromium")
