@@ -1,5 +1,6 @@
 """`bilevel <command> [overrides]`: each command is a Hydra app that composes a config and calls one function."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -68,12 +69,38 @@ def _say(line: str) -> None:
     sys.stderr.write(line + "\n")
 
 
+def _shell_completion(rest: list[str]) -> None:
+    """Hydra's tab completion for the commands: `eval "$(bilevel -sc install=bash)"` installs it for `bilevel`; the
+    shell then asks `bilevel -sc query=bash` with the line in COMP_LINE. Hydra completes a line of overrides after
+    the program's name, so the command word is taken out of the line and picks the app that answers."""
+    if len(rest) != 1:
+        _say("bilevel: error: -sc takes one of install=SHELL, uninstall=SHELL or query=SHELL (e.g. install=bash)")
+        sys.exit(2)
+    command = "train"  # install and uninstall: any app writes the same script
+    if rest[0].startswith("query="):
+        line = os.environ.get("COMP_LINE", "")
+        words = line.split() + ([""] if line.endswith(" ") else [])  # the last word is the one being completed
+        if len(words) <= 2:
+            print(" ".join(name for name in [*APPS, "compare"] if name.startswith(words[-1] if len(words) == 2 else "")))
+            return
+        command = words[1]
+        if command not in APPS:
+            return  # nothing to complete after `bilevel compare` or an unknown word
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+    sys.argv = ["bilevel", "-sc", *rest]  # the installed script names the program after argv[0]
+    APPS[command]()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
+    if command in APPS and rest[:1] in (["-sc"], ["--shell-completion"]):  # the same as `bilevel -sc ...`
+        command, rest = rest[0], rest[1:]
+    if command in ("-sc", "--shell-completion"):
+        return _shell_completion(rest)
     if command == "compare":  # a plain argparse command: it reads run directories, composes no config
         from bilevel_cli.report.command import compare
 

@@ -1,6 +1,7 @@
 """The `bilevel` command as a user runs it: run directories, sweeps, eval, and one-line errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -38,6 +39,21 @@ finally:
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stderr.strip().splitlines()[-1] == "torchvision imported: False"
+
+
+@pytest.mark.skipif(shutil.which("bilevel") is None or shutil.which("bash") is None,
+                    reason="needs the installed bilevel command and bash")
+def test_tab_completion_completes_the_commands_and_each_commands_overrides(tmp_path):
+    script = subprocess.run(["bilevel", "-sc", "install=bash"], capture_output=True, text=True, check=True).stdout
+    for line, choices in [("bilevel ", "train eval compare"), ("bilevel tr", "train"),
+                          ("bilevel train trainer.st", "trainer.steps="), ("bilevel eval che", "checkpoint="),
+                          ("bilevel train hypergrad=ch", "hypergrad=checkpointed"), ("bilevel compare ", "")]:
+        # What bash does on <TAB>: the line in COMP_LINE and COMP_WORDS, then the installed function.
+        complete = (f"{script}\nCOMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}; COMP_WORDS=({line} ''); "
+                    "COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 )); [[ $COMP_LINE == *' ' ]] || COMP_CWORD=$(( COMP_CWORD - 1 ));"
+                    ' hydra_bash_completion; echo "${COMPREPLY[@]}"')
+        done = subprocess.run(["bash", "-c", complete], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.stdout.split() == choices.split(), (line, done.stdout, done.stderr[-2000:])
 
 
 def test_unknown_command_is_one_line_and_exit_2(bilevel):

@@ -121,6 +121,8 @@ def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -
     `-m hypergrad=reverse,nope`), and the config composes with them, a sweep at its first choice (an unknown key
     such as `trainer.stepz=3`, an unknown `hydra/launcher`, a value Hydra cannot parse), into a run directory that
     can be created."""
+    if any(arg.split("=")[0] in ("-sc", "--shell-completion") for arg in argv):  # its query is a partial override
+        return
     groups = {folder.name: folder for folder in Path(config_dir).iterdir() if folder.is_dir()}
     multirun = any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN") for arg in argv)
     parser = OverridesParser.create()
