@@ -215,6 +215,20 @@ def test_an_override_hydra_would_refuse_is_one_line(argv, command, message):
     assert _error(check_overrides, argv, CONFIG_DIR, command).startswith(message)
 
 
+def test_the_users_config_folders_are_searched_for_group_options(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nhypergrad:\n  T: 2\n")
+    for argv in (["-cd", str(tmp_path)], [f"--config-dir={tmp_path}"], [f"hydra.searchpath=[file://{tmp_path}]"]):
+        check_overrides([*argv, "experiment=mine"], CONFIG_DIR, "train")
+        assert ", mine, miniimagenet_5way_1shot," in _error(check_overrides, [*argv, "experiment=nope"], CONFIG_DIR,
+                                                             "train")
+        assert _error(check_overrides, [*argv, "experiment=mine", "trainer.stepz=1"], CONFIG_DIR, "train").startswith(
+            "trainer.stepz is not in the config (did you mean trainer.steps?)")
+    assert _error(check_overrides, ["experiment=mine"], CONFIG_DIR, "train").startswith("unknown experiment 'mine'")
+    assert _error(check_overrides, ["-cd", str(tmp_path / "nope")], CONFIG_DIR, "train") == (
+        f"-cd {tmp_path / 'nope'}: no such folder; give the folder of your own config files")
+
+
 def test_a_launcher_without_its_plugin_says_what_to_install():
     # What Hydra reports for hydra/launcher=parallel when hydra-joblib-launcher is not installed (the tests have it).
     assert missing_option("hydra/launcher", "joblib", ["basic", "parallel", "slurm"]) == (

@@ -94,6 +94,16 @@ def test_sweep_over_T_gives_one_run_directory_each(bilevel, tmp_path, glyph_root
     assert [json.loads((r / "summary.json").read_text())["T"] for r in runs] == [1, 2, 3]
 
 
+def test_a_users_own_experiment_file_runs_from_their_config_folder(bilevel, tmp_path):
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "short.yaml").write_text(
+        "# @package _global_\nhypergrad:\n  T: 2\ntask:\n  ways: 3\n")
+    bilevel("train", "-cd", "mine", "experiment=short", *TINY)
+    (run,) = _run_dirs(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["T"] == 2 and "ways: 3" in (run / "config.yaml").read_text()
+
+
 def test_eval_tests_a_checkpoint_with_value_overrides(bilevel, tmp_path):
     bilevel("train", *TINY)
     (run,) = _run_dirs(tmp_path)

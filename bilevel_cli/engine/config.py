@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ValueType
 from hydra.errors import HydraException, MissingConfigException
@@ -117,16 +118,16 @@ def _check_options(cfg: DictConfig) -> None:
 
 def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -> None:
     """The overrides on the command line `argv`, checked before Hydra runs, whose own reports of these mistakes are
-    several lines and exit code 1: every config group option named is a file of its group (each choice of a sweep,
+    several lines and exit code 1: every config group option named is a config of its group (each choice of a sweep,
     `-m hypergrad=reverse,nope`), and the config composes with them, a sweep at its first choice (an unknown key
     such as `trainer.stepz=3`, an unknown `hydra/launcher`, a value Hydra cannot parse), into a run directory that
-    can be created."""
+    can be created. The user's own config folders (`-cd DIR`, `hydra.searchpath=[...]`) are searched as Hydra
+    searches them."""
     if any(arg.split("=")[0] in ("-sc", "--shell-completion") for arg in argv):  # its query is a partial override
         return
-    groups = {folder.name: folder for folder in Path(config_dir).iterdir() if folder.is_dir()}
     multirun = any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN") for arg in argv)
     parser = OverridesParser.create()
-    composed = []
+    overrides = []
     for arg in argv:
         if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):  # Hydra's flags and their values
             continue
@@ -134,7 +135,14 @@ def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -
             (override,) = parser.parse_overrides([arg])
         except HydraException as error:
             raise UserError(f"cannot parse {arg!r}: {_one_line(error)}") from None
-        _check_group_option(override, groups)
+        overrides.append((arg, override))
+    search = _search_path(argv, [override for _, override in overrides])
+    options = _group_options(config_dir, config_name, search, {override.key_or_group for _, override in overrides})
+    composed = list(search)
+    for arg, override in overrides:
+        _check_group_option(override, options[override.key_or_group])
+        if override.key_or_group == "hydra.searchpath":
+            continue  # in `search`, with the -cd folder
         if multirun and override.is_sweep_override():
             try:
                 arg = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
@@ -146,21 +154,43 @@ def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -
 
 
 # Flags that make Hydra compose another config than the command's: the composition check does not apply.
-CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path")
 
 
-def _check_group_option(override, groups: dict[str, Path]) -> None:
-    folder = groups.get(override.key_or_group)
-    if folder is None or override.is_delete() or override.value_type not in (
+def _search_path(argv: list[str], overrides: list) -> list[str]:
+    """The user's config folders as one `hydra.searchpath=[...]` override (none when there are none): the entries
+    of theirs, then the folder of `-cd DIR` (`--config-dir`), which Hydra searches after the package's configs."""
+    entries = [entry for override in overrides if override.key_or_group == "hydra.searchpath"
+               for entry in override.value()]
+    for flag, value in zip(argv, [*argv[1:], None]):
+        if flag.startswith("--config-dir="):
+            flag, value = flag.split("=", 1)
+        if flag in ("-cd", "--config-dir"):
+            if value is None or not Path(value).is_dir():
+                raise UserError(f"{flag} {value or ''}: no such folder; give the folder of your own config files")
+            entries.append(f"file://{Path(value).absolute()}")
+    quoted = [f"'{entry}'" for entry in entries]  # a folder's name may hold spaces or commas
+    return [f"hydra.searchpath=[{','.join(quoted)}]"] if entries else []
+
+
+def _group_options(config_dir: str | Path, config_name: str, search: list[str], keys: set[str]) -> dict:
+    """For each key overridden, the options of the config group it names, in the package and the user's folders
+    (none: not a group)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
+        loader = GlobalHydra.instance().config_loader()
+        return {key: loader.get_group_options(key, config_name=config_name, overrides=search) for key in keys}
+
+
+def _check_group_option(override, options: list[str]) -> None:
+    if not options or override.is_delete() or override.value_type not in (
             ValueType.ELEMENT, ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
         return
-    options = sorted(file.stem for file in folder.glob("*.yaml"))
     chosen = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
     for choice in chosen:
         # A list selects several options of the group at once (logger=[wandb,tensorboard]).
         for option in choice if isinstance(choice, list) else [choice]:
             if option is not None and option not in options:
-                raise UserError(f"unknown {folder.name} {option!r}; choose one of: {', '.join(options)}")
+                raise UserError(missing_option(override.key_or_group, option, options))
 
 
 def _check_composes(config_dir: str | Path, config_name: str, overrides: list[str]) -> DictConfig:
