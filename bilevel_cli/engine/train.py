@@ -18,6 +18,7 @@ from bilevel_cli.engine.config import check_config, native_bf16, resolve_device
 from bilevel_cli.engine.interrupt import StopRequests
 from bilevel_cli.engine.loggers import open_loggers
 from bilevel_cli.engine.resume import check_resumable, checkpoint_to_resume, rng_state, set_aside_summary, set_rng_state
+from bilevel_cli.engine.run_lock import claim_run_dir
 from bilevel_cli.errors import Interrupted, UserError
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,13 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     """Train the outer variables, keep the best by validation accuracy, test it; returns the summary. Continues
     the run directory's last checkpoint when there is one (see `resume.checkpoint_to_resume`)."""
+    if distributed.rank() != 0:  # the leader alone writes the run directory, and holds it
+        return _train(cfg, run_dir, sweep)
+    with claim_run_dir(run_dir):
+        return _train(cfg, run_dir, sweep)
+
+
+def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
     keep_freed_memory()
     check_config(cfg)
     device = distributed.device_of_rank(resolve_device(cfg.device))
