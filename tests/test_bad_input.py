@@ -227,6 +227,8 @@ def test_the_users_config_folders_are_searched_for_group_options(tmp_path):
     assert _error(check_overrides, ["experiment=mine"], CONFIG_DIR, "train").startswith("unknown experiment 'mine'")
     assert _error(check_overrides, ["-cd", str(tmp_path / "nope")], CONFIG_DIR, "train") == (
         f"-cd {tmp_path / 'nope'}: no such folder; give the folder of your own config files")
+    assert _error(check_overrides, [f"hydra.searchpath=file://{tmp_path}"], CONFIG_DIR, "train") == (
+        f"hydra.searchpath must be a list; write hydra.searchpath=[file://{tmp_path}]")
 
 
 def test_a_launcher_without_its_plugin_says_what_to_install():

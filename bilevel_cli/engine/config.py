@@ -160,8 +160,12 @@ CONFIG_FLAGS = ("-cn", "--config-name", "-cp", "--config-path")
 def _search_path(argv: list[str], overrides: list) -> list[str]:
     """The user's config folders as one `hydra.searchpath=[...]` override (none when there are none): the entries
     of theirs, then the folder of `-cd DIR` (`--config-dir`), which Hydra searches after the package's configs."""
-    entries = [entry for override in overrides if override.key_or_group == "hydra.searchpath"
-               for entry in override.value()]
+    entries = []
+    for override in overrides:
+        if override.key_or_group == "hydra.searchpath":
+            if not isinstance(override.value(), list):
+                raise UserError(f"hydra.searchpath must be a list; write hydra.searchpath=[{override.value()}]")
+            entries += override.value()
     for flag, value in zip(argv, [*argv[1:], None]):
         if flag.startswith("--config-dir="):
             flag, value = flag.split("=", 1)
