@@ -51,6 +51,18 @@ def test_saved_state_loads_back(tmp_path):
     assert not (tmp_path / "best.pt.tmp").exists()
 
 
+@pytest.mark.skipif(not pathlib.Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+def test_a_full_disk_leaves_the_previous_checkpoint_intact_and_says_so(tmp_path):
+    state = {"task": {"w": torch.arange(3.0)}, "config": _config(), "step": 7}
+    checkpoint.save(tmp_path / "last.pt", state)
+    (tmp_path / "last.pt.tmp").symlink_to("/dev/full")  # the next write goes to a full device
+    message = _error(checkpoint.save, tmp_path / "last.pt", {**state, "step": 8})
+    assert message == (f"cannot write {tmp_path / 'last.pt'} (No space left on device); the run's earlier checkpoints "
+                       f"are intact: make room, then rerun with hydra.run.dir={tmp_path} to continue from its last.pt")
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 7
+    assert not (tmp_path / "last.pt.tmp").is_symlink()  # removed
+
+
 @pytest.mark.parametrize("write", [torch.save, lambda obj, path: path.write_bytes(pickle.dumps(obj))],
                          ids=["torch.save", "plain pickle"])
 def test_crafted_pickle_is_refused_without_running_it(tmp_path, write):
