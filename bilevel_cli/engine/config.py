@@ -213,8 +213,8 @@ def _check_composes(config_dir: str | Path, config_name: str, overrides: list[st
 
 
 def _check_output_dir(cfg: DictConfig, multirun: bool) -> None:
-    """Hydra creates the run directory (a sweep's, with -m) before the command starts, and reports a failure to with
-    a traceback: the nearest folder of it that exists must be one we may write in."""
+    """Hydra creates the run directory (a sweep's, with -m) before the command starts, and reports a failure to
+    create it with a traceback: the nearest folder of it that exists must be one we may write in."""
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     path = Path(OmegaConf.select(cfg, key)).absolute()
     existing = next(folder for folder in [path, *path.parents] if folder.exists())
