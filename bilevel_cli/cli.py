@@ -14,7 +14,7 @@ from bilevel_cli.errors import Interrupted, UserError
 # An absolute path: Hydra then reads the YAML files directly, from a source checkout or an installed wheel.
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
-USAGE = """usage: bilevel <command> [key=value ...] [-m] [--cfg job] [--help]
+USAGE = """usage: bilevel <command> [key=value ...] [-m] [--cfg job] [--help] | bilevel --version
 
 commands:
   train   learn a hyper-representation (bilevel few-shot learning); `bilevel train --help` lists the config
@@ -91,11 +91,25 @@ def _shell_completion(rest: list[str]) -> None:
     APPS[command]()
 
 
+def _say_versions() -> None:
+    """What a bug report needs: this package's version and those of the libraries that compute and compose."""
+    import platform
+
+    import torch
+
+    from bilevel_cli import __version__
+
+    print(f"bilevel {__version__} (torch {torch.__version__}, hydra-core {hydra.__version__}, "
+          f"python {platform.python_version()})")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         sys.exit(0 if argv else 2)
+    if argv[0] in ("--version", "-V"):
+        return _say_versions()
     command, rest = argv[0], argv[1:]
     if command in APPS and rest[:1] in (["-sc"], ["--shell-completion"]):  # the same as `bilevel -sc ...`
         command, rest = rest[0], rest[1:]

@@ -4,7 +4,9 @@ import json
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 
+import hydra
 import pytest
 import torch
 
@@ -24,6 +26,11 @@ def _run_dirs(root, pattern="outputs/train/*"):
 def test_help_lists_the_commands(bilevel):
     out = bilevel("--help").stdout
     assert "train" in out and "eval" in out
+
+
+def test_version_names_the_package_and_the_libraries(bilevel):
+    out = bilevel("--version").stdout
+    assert out.startswith(f"bilevel {version('bilevel-cli')} (torch {torch.__version__}, hydra-core {hydra.__version__}, ")
 
 
 def test_the_command_starts_without_importing_torchvision():
