@@ -137,10 +137,12 @@ def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -
             raise UserError(f"cannot parse {arg!r}: {_one_line(error)}") from None
         overrides.append((arg, override))
     search = _search_path(argv, [override for _, override in overrides])
-    options = _group_options(config_dir, config_name, search, {override.key_or_group for _, override in overrides})
+    # A group's name has no dot (hydra/launcher); trainer.steps is a key.
+    groups = {override.key_or_group for _, override in overrides if "." not in override.key_or_group}
+    options = _group_options(config_dir, config_name, search, groups)
     composed = list(search)
     for arg, override in overrides:
-        _check_group_option(override, options[override.key_or_group])
+        _check_group_option(override, options.get(override.key_or_group, []))
         if override.key_or_group == "hydra.searchpath":
             continue  # in `search`, with the -cd folder
         if multirun and override.is_sweep_override():
@@ -177,12 +179,12 @@ def _search_path(argv: list[str], overrides: list) -> list[str]:
     return [f"hydra.searchpath=[{','.join(quoted)}]"] if entries else []
 
 
-def _group_options(config_dir: str | Path, config_name: str, search: list[str], keys: set[str]) -> dict:
-    """For each key overridden, the options of the config group it names, in the package and the user's folders
-    (none: not a group)."""
+def _group_options(config_dir: str | Path, config_name: str, search: list[str], names: set[str]) -> dict:
+    """For each name, the options of the config group of that name in the package's and the user's folders (none:
+    no such group)."""
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
         loader = GlobalHydra.instance().config_loader()
-        return {key: loader.get_group_options(key, config_name=config_name, overrides=search) for key in keys}
+        return {name: loader.get_group_options(name, config_name=config_name, overrides=search) for name in names}
 
 
 def _check_group_option(override, options: list[str]) -> None:
