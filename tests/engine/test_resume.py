@@ -35,8 +35,9 @@ def faulty(function):
         count += 1
         if count in calls:
             if fault == "kill" and target == "save":  # half a file on disk, then death mid-write
-                path = args[1] if len(args) > 1 else args[0]
-                open(str(path), "wb").write(b"PK\\x03\\x04 half a checkpoint")
+                file = args[1]  # torch.save(state, file): checkpoint.save's open temporary file
+                file.write(b"PK\\x03\\x04 half a checkpoint")
+                file.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
             if fault == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
