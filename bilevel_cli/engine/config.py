@@ -123,8 +123,6 @@ def check_overrides(argv: list[str], config_dir: str | Path, config_name: str) -
     such as `trainer.stepz=3`, an unknown `hydra/launcher`, a value Hydra cannot parse), into a run directory that
     can be created. The user's own config folders (`-cd DIR`, `hydra.searchpath=[...]`) are searched as Hydra
     searches them."""
-    if any(arg.split("=")[0] in ("-sc", "--shell-completion") for arg in argv):  # its query is a partial override
-        return
     multirun = any(arg in ("-m", "--multirun", "hydra.mode=MULTIRUN") for arg in argv)
     parser = OverridesParser.create()
     overrides = []
