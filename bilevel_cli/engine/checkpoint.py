@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bilevel_cli.engine.files import write_atomically
 from bilevel_cli.errors import UserError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -18,19 +19,10 @@ ARCHITECTURE = ("backbone", "data._target_", "inner.learn_lr")
 
 
 def save(path: Path, state: dict) -> None:
-    """Write to a temporary file beside `path`, on the disk before it is renamed to `path`: a crash (of the run or
-    the machine) never leaves a half-written file, and a failed write leaves the previous one as it was."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as file:  # torch.save to a path reports a full disk as a RuntimeError without errno
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-    except OSError as error:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path} ({error.strerror or error}); the run's earlier checkpoints are intact: "
-                        f"make room, then rerun with hydra.run.dir={path.parent} to continue from its last.pt") from None
-    os.replace(tmp, path)
+    """Atomically (see `files.write_atomically`). To a file object: torch.save to a path reports a full disk as a
+    RuntimeError without errno."""
+    write_atomically(path, lambda file: torch.save(state, file), "the run's earlier checkpoints are intact: make "
+                     f"room, then rerun with hydra.run.dir={path.parent} to continue from its last.pt")
 
 
 def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:

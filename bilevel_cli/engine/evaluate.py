@@ -11,6 +11,7 @@ from bilevel_cli.engine import checkpoint
 from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.build import build_data, build_task
 from bilevel_cli.engine.config import check_config, resolve_device
+from bilevel_cli.engine.files import write_text_atomically
 from bilevel_cli.engine.train import describe
 from bilevel_cli.errors import UserError
 
@@ -38,7 +39,8 @@ def evaluate_checkpoint(path: str | None, overrides: list[str], run_dir: Path) -
     test = task.test()
     summary = {**test, "task": cfg.task.name, "T": cfg.hypergrad.T, "checkpoint": str(Path(path).resolve()),
                "checkpoint_step": state.get("step")}
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log.info(describe(test))
+    again = "make room, then run this bilevel eval again"
+    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg), again)
+    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", again)
     return summary

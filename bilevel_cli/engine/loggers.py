@@ -1,11 +1,14 @@
 """Where metrics go: always metrics.jsonl in the run directory; TensorBoard and wandb as `logger=` selects them,
 several at once (`logger=[wandb,tensorboard]`). A resumed run continues each where its checkpoint was taken."""
 
+import contextlib
 import json
-import os
 from pathlib import Path
 
 import yaml
+
+from bilevel_cli.engine.files import write_text_atomically
+from bilevel_cli.errors import UserError
 
 # What a run is, in the HParams view of TensorBoard, beside the keys its command line overrides.
 MAIN_HPARAMS = ("task.name", "task.ways", "task.shots", "hypergrad.method", "hypergrad.T", "inner.name", "seed")
@@ -18,10 +21,18 @@ class JsonlLogger:
         path = run_dir / "metrics.jsonl"
         if path.exists():
             _keep_steps_up_to(path, resume_step or 0)
-        self.file = open(path, "a", buffering=1)
+        self.path = path
+        self.file = open(path, "a", buffering=1)  # line-buffered: a write that fails (full disk) fails in log
 
     def log(self, metrics: dict) -> None:
-        self.file.write(json.dumps(metrics) + "\n")
+        try:
+            self.file.write(json.dumps(metrics) + "\n")
+        except OSError as error:  # a line cut short here is dropped when the run continues (_keep_steps_up_to)
+            with contextlib.suppress(OSError):  # closing flushes the unwritten line again
+                self.file.close()
+            raise UserError(f"cannot append step {metrics['step']} to {self.path} ({error.strerror or error}); the "
+                            "run's checkpoints are intact: make room, then rerun with "
+                            f"hydra.run.dir={self.path.parent} to continue from its last.pt") from None
 
     def finish(self, summary: dict) -> None:
         self.file.close()
@@ -30,7 +41,7 @@ class JsonlLogger:
 def _keep_steps_up_to(path: Path, last_step: int) -> None:
     """Drop the lines logged after the checkpoint a run continues from (a fresh start keeps none), so that its
     lines continue the file instead of repeating steps. A line cut short by a kill does not parse and goes too.
-    Written aside and renamed: a second kill now cannot leave the file half rewritten."""
+    Written atomically: a second kill now cannot leave the file half rewritten."""
     kept = []
     for line in path.read_text().splitlines():
         try:
@@ -38,9 +49,7 @@ def _keep_steps_up_to(path: Path, last_step: int) -> None:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text("".join(kept))
-    os.replace(partial, path)
+    write_text_atomically(path, "".join(kept), "nothing of the run was changed: make room, then run it again")
 
 
 class TensorBoardLogger:

@@ -15,6 +15,7 @@ from bilevel_cli.engine import checkpoint, distributed
 from bilevel_cli.engine.allocator import keep_freed_memory
 from bilevel_cli.engine.build import build_data, build_task, make
 from bilevel_cli.engine.config import check_config, native_bf16, resolve_device
+from bilevel_cli.engine.files import write_text_atomically
 from bilevel_cli.engine.interrupt import StopRequests
 from bilevel_cli.engine.loggers import open_loggers
 from bilevel_cli.engine.resume import check_resumable, checkpoint_to_resume, rng_state, set_aside_summary, set_rng_state
@@ -66,7 +67,8 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
             set_aside_summary(run_dir)
         log.info(f"resuming {resume_from} at step {run['step']}")
     if leader:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True),
+                              "nothing was trained yet: make room, then run the command again")
     loggers = open_loggers(cfg.logger, run_dir, config, sweep, resume_step=run["step"] if resume_from else None) \
         if leader else []
     method = cfg.hypergrad.method if cfg.task.name != "joint_training" else None
@@ -162,10 +164,12 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
     summary = {**test, "best_val_acc": best["val_acc"], "best_step": best["step"], "last_step": step,
                "task": cfg.task.name, "method": method, "T": cfg.hypergrad.T, "steps": tr.steps, "seed": cfg.seed,
                "device": str(device), "wall_time_s": time.perf_counter() - start}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info(f"{describe(test)} (best val_acc {best['val_acc']:.2f} at step {best['step']})")
+    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n",
+                          f"the checkpoints are intact: make room, then rerun with hydra.run.dir={run_dir}, which "
+                          "tests its best.pt again and writes the summary")
     for logger in loggers:
         logger.finish(summary)
-    log.info(f"{describe(test)} (best val_acc {best['val_acc']:.2f} at step {best['step']})")
     return summary
 
 

@@ -1,6 +1,7 @@
 """The loggers: several at once, TensorBoard scalars and hparams, wandb grouping, and continuing a resumed run."""
 
 import json
+import pathlib
 
 import pytest
 from omegaconf import OmegaConf
@@ -8,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from bilevel_cli.engine.loggers import JsonlLogger, open_loggers, run_hparams, run_overrides
+from bilevel_cli.errors import UserError
 
 CONFIG = {"seed": 1, "task": {"name": "hyper_representation", "ways": 5, "shots": 1},
           "hypergrad": {"method": "reverse", "T": 3}, "trainer": {"steps": 4}, "logger": {}}
@@ -117,4 +119,18 @@ def test_a_fresh_start_in_a_used_directory_drops_the_old_lines(tmp_path):
     logger = JsonlLogger(tmp_path, resume_step=None)
     logger.log({"step": 2})
     logger.finish({})
+    assert _steps(tmp_path / "metrics.jsonl") == [2]
+
+
+@pytest.mark.skipif(not pathlib.Path("/dev/full").exists(), reason="needs /dev/full, a device that is always full")
+def test_a_full_disk_while_logging_stops_the_run_with_one_line(tmp_path):
+    logger = JsonlLogger(tmp_path, resume_step=None)
+    logger.log({"step": 2})
+    logger.file = open("/dev/full", "a", buffering=1)  # the disk fills up between two log lines
+    with pytest.raises(UserError) as error:
+        logger.log({"step": 4})
+    assert str(error.value) == (
+        f"cannot append step 4 to {tmp_path / 'metrics.jsonl'} (No space left on device); the run's checkpoints "
+        f"are intact: make room, then rerun with hydra.run.dir={tmp_path} to continue from its last.pt")
+    assert logger.file.closed  # nothing left to flush, and fail, again at exit
     assert _steps(tmp_path / "metrics.jsonl") == [2]

@@ -123,6 +123,22 @@ def test_ctrl_c_checkpoints_and_exits_then_resume_true_continues(train, uninterr
     assert _metrics(run_dir) == _metrics(uninterrupted)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
+def test_a_full_disk_at_the_summary_loses_nothing(train, uninterrupted, tmp_path):
+    run_dir = tmp_path / "full"
+    run_dir.mkdir()
+    (run_dir / "summary.json.tmp").symlink_to("/dev/full")  # the disk is full when the summary is written
+    full = train(run_dir)
+    assert full.returncode == 2
+    assert full.stderr.strip().splitlines()[-1] == (
+        f"bilevel: error: cannot write {run_dir / 'summary.json'} (No space left on device); the checkpoints are "
+        f"intact: make room, then rerun with hydra.run.dir={run_dir}, which tests its best.pt again and writes the "
+        "summary")
+    assert "test accuracy" in full.stdout and not (run_dir / "summary.json").exists()  # the result was shown
+    assert train(run_dir).returncode == 0  # room made: the failed write removed its temporary file
+    assert _summary(run_dir) == _summary(uninterrupted)
+
+
 def test_resume_refuses_a_changed_config_and_a_missing_checkpoint(train, tmp_path):
     run_dir = tmp_path / "run"
     assert train(run_dir, fault=("validate", "kill", "2")).returncode == -9
