@@ -68,7 +68,8 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
         log.info(f"resuming {resume_from} at step {run['step']}")
     if leader:
         write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True),
-                              "nothing was trained yet: make room, then run the command again")
+                              "no step of this attempt has run, earlier checkpoints are intact: make room, then "
+                              "run the command again")
     loggers = open_loggers(cfg.logger, run_dir, config, sweep, resume_step=run["step"] if resume_from else None) \
         if leader else []
     method = cfg.hypergrad.method if cfg.task.name != "joint_training" else None
