@@ -21,15 +21,17 @@ class Run:
     path: Path
     config: dict            # flattened, dotted keys as overrides name them
     overrides: dict[str, str]
+    choices: dict[str, str]  # config group → the option the run was composed with (Hydra's record)
     summary: dict | None    # None: the run has not finished (no summary.json)
     metrics: list[dict]
 
     def setting(self, key: str) -> str:
-        """The value of an overridden key in this run: the resolved config's, or as typed for a config group
-        option (`hypergrad=truncated`), or "default" when this run did not override a group another run did."""
+        """The value of an overridden key in this run: the resolved config's, or for a config group the option
+        typed (`hypergrad=truncated`) or, when this run did not override a group another run did, the one it was
+        composed with (`reverse`); "default" for a run without Hydra's record."""
         if key in self.config:
             return str(self.config[key])
-        return self.overrides.get(key, "default")
+        return self.overrides.get(key) or self.choices.get(key) or "default"
 
 
 @dataclass
@@ -74,7 +76,10 @@ def _run_directories(root: Path) -> list[Path]:
 def load_run(path: Path) -> Run:
     config = _read(path / "config.yaml", yaml.safe_load) or {}
     summary = _read(path / "summary.json", json.loads)
-    return Run(path, flatten(config), run_overrides(path), summary, _read_metrics(path / "metrics.jsonl"))
+    hydra = _read(path / ".hydra" / "hydra.yaml", yaml.safe_load) or {}
+    choices = {key: option for key, option in hydra.get("hydra", {}).get("runtime", {}).get("choices", {}).items()
+               if option is not None}
+    return Run(path, flatten(config), run_overrides(path), choices, summary, _read_metrics(path / "metrics.jsonl"))
 
 
 def _read(path: Path, parse):

@@ -5,16 +5,22 @@ import yaml
 
 FEW_SHOT = {"task": {"name": "hyper_representation", "ways": 5, "shots": 1},
             "data": {"_target_": "bilevel_cli.data.omniglot.load_omniglot"}, "hypergrad": {"method": "reverse"}}
+DEFAULT_CHOICES = {"task": "hyper_representation", "data": "omniglot", "hypergrad": "reverse", "logger": "none",
+                   "experiment": None}
 
 
 @pytest.fixture
 def make_run(tmp_path):
     """Writes a run directory as `bilevel train` leaves it: its config (a few-shot one, `config` keys replaced),
-    Hydra's overrides, metrics and (when finished) the summary. Returns its path."""
+    Hydra's overrides and record of the group options chosen, metrics and (when finished) the summary. Returns its
+    path."""
     def make(name, overrides, T=5, seed=0, test_acc=None, test_ci95=None, s_per_iteration=0.5, **config):
         run = tmp_path / "sweep" / name
         (run / ".hydra").mkdir(parents=True)
         (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        choices = {**DEFAULT_CHOICES, **{key: option for key, _, option in (o.partition("=") for o in overrides)
+                                         if key in DEFAULT_CHOICES}}
+        (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
         full = {**FEW_SHOT, **config, "seed": seed, "hypergrad": {**FEW_SHOT["hypergrad"], "T": T}}
         (run / "config.yaml").write_text(yaml.safe_dump(full))
         lines = [{"step": step, "outer_loss": 1.0 / step, "s_per_iteration": s_per_iteration} for step in (2, 4)]

@@ -26,13 +26,23 @@ def test_runs_are_found_at_any_depth_but_not_inside_a_run(sweep, tmp_path):
 
 def test_a_setting_is_compared_by_its_value_not_by_how_it_was_given(make_run, tmp_path):
     """T=5 typed on one command line and T=5 by default on another are the same setting; a config group option
-    one run chose and the other did not is told apart."""
+    one run chose and the others did not is told apart, and theirs is named by the option they were composed with,
+    the same as a run that typed it."""
     make_run("a", ["hypergrad.T=5"], T=5, test_acc=60.0)
     make_run("b", [], T=5, test_acc=62.0)
     make_run("c", ["hypergrad=truncated"], T=5, test_acc=64.0)
+    make_run("d", ["hypergrad=reverse"], T=5, test_acc=61.0)
     groups, common = group_runs(find_runs([tmp_path / "sweep"]))
+    assert [group.settings for group in groups] == [{"hypergrad": "reverse"}, {"hypergrad": "truncated"}]
+    assert [len(group.runs) for group in groups] == [3, 1] and common == {"hypergrad.T": "5"}
+
+
+def test_a_group_option_is_default_for_a_run_without_hydras_record(make_run, tmp_path):
+    make_run("a", [], test_acc=60.0)
+    (tmp_path / "sweep" / "a" / ".hydra" / "hydra.yaml").unlink()
+    make_run("b", ["hypergrad=truncated"], test_acc=64.0)
+    groups, _ = group_runs(find_runs([tmp_path / "sweep"]))
     assert [group.settings for group in groups] == [{"hypergrad": "default"}, {"hypergrad": "truncated"}]
-    assert [len(group.runs) for group in groups] == [2, 1] and common == {"hypergrad.T": "5"}
 
 
 def test_a_line_cut_short_by_a_kill_is_left_out(make_run):
