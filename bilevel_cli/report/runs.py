@@ -76,10 +76,16 @@ def _run_directories(root: Path) -> list[Path]:
 def load_run(path: Path) -> Run:
     config = _read(path / "config.yaml", yaml.safe_load) or {}
     summary = _read(path / "summary.json", json.loads)
-    hydra = _read(path / ".hydra" / "hydra.yaml", yaml.safe_load) or {}
-    choices = {key: option for key, option in hydra.get("hydra", {}).get("runtime", {}).get("choices", {}).items()
-               if option is not None}
-    return Run(path, flatten(config), run_overrides(path), choices, summary, _read_metrics(path / "metrics.jsonl"))
+    return Run(path, flatten(config), run_overrides(path), _group_choices(path), summary,
+               _read_metrics(path / "metrics.jsonl"))
+
+
+def _group_choices(path: Path) -> dict[str, str]:
+    """Config group → option, as Hydra recorded the composition (`hydra.runtime.choices` in .hydra/hydra.yaml);
+    groups left unset are left out. Empty for a run not started by Hydra."""
+    hydra = (_read(path / ".hydra" / "hydra.yaml", yaml.safe_load) or {}).get("hydra", {})
+    choices = hydra.get("runtime", {}).get("choices", {})
+    return {group: option for group, option in choices.items() if option is not None}
 
 
 def _read(path: Path, parse):
