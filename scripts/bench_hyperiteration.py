@@ -2,7 +2,7 @@
 
 Omniglot-sized 5-way 1-shot episodes (15 queries per class, 28×28 grey) through conv4-64, for each meta-batch B
 and inner horizon T, of: `floor`, forward + backward of the backbone alone on the same images (a linear layer on
-the features, one cross-entropy over all images and their episode labels; T-free, measured once per B);
+the features, one cross-entropy over all images and their episode labels; T-free, timed with each T's paths);
 `bilevel`, HyperRepresentation.training_step as `bilevel train` runs it (reverse mode, gd inner, learned inner
 lr 0.1: the backbone once over the meta-batch, the T steps on all episodes at once); `naive`, the peers' way,
 written here: a Python loop over episodes, each with the backbone on its own images, a linear head from zero,
@@ -15,7 +15,9 @@ is checked against float32 in tests/tasks/test_hyper_representation.py), timed o
 bfloat16 (emulated, it is far slower than float32 and would dominate the run). A last table times the floor with
 the backbone run each way it could be (bf16 autocast, channels-last, torch.compile) against plain float32: an
 option of `bilevel train` exists only for what pays.
-Time: median of --repeats calls after --warmup calls, synchronized on CUDA. Memory, from one more call: on CUDA
+Time: median of --repeats rounds after --warmup rounds, synchronized on CUDA; a round calls every path of a
+configuration once, in turn, so that a slow spell of a shared machine falls on all of them alike and the ratios
+compare calls made side by side. Memory, from one more call of each: on CUDA
 max_memory_allocated above what was allocated before; on CPU the peak bytes of the storages held by autograd's
 saved tensors (each storage once). Random uint8 images (timing does not depend on them), fixed seeds. Last,
 the sampler's throughput (episodes/s drawn and gathered from a uint8 store on the device) is set against the
@@ -39,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench_memory import MiB
+from bench_memory import MiB, append_section
 from bilevel_cli.core.saved_bytes import SavedBytes
 from bilevel_cli.data.episodes import EpisodeSampler
 from bilevel_cli.engine.allocator import keep_freed_memory
@@ -115,34 +117,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(fn, episodes, zero, device, repeats: int, warmup: int) -> float:
-    """Median seconds of `repeats` calls after `warmup` calls."""
-    times = []
+def median_times(fns: dict, episodes, zero, device, repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each fn over `repeats` rounds after `warmup` rounds; a round calls each fn once, in turn."""
+    times = {name: [] for name in fns}
     for _ in range(warmup + repeats):
-        zero()
-        sync(device)
-        start = time.perf_counter()
-        fn(episodes)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[warmup:])
+        for name, fn in fns.items():
+            zero()
+            sync(device)
+            start = time.perf_counter()
+            fn(episodes)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds[warmup:]) for name, seconds in times.items()}
 
 
-def measure(fn, episodes, zero, device, repeats: int, warmup: int) -> tuple[float, int]:
-    """(median seconds of `repeats` calls after `warmup` calls, peak bytes of one more call)."""
-    seconds = median_time(fn, episodes, zero, device, repeats, warmup)
+def peak_bytes(fn, episodes, zero, device) -> int:
+    """Peak bytes of one call: on CUDA allocated above what was before, on CPU held by autograd's saved tensors."""
     zero()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         fn(episodes)
-        peak = torch.cuda.max_memory_allocated(device) - before
-    else:
-        meter = SavedBytes()
-        with torch.autograd.graph.saved_tensors_hooks(meter.track, lambda x: x):
-            fn(episodes)
-        peak = meter.peak
-    return seconds, peak
+        return torch.cuda.max_memory_allocated(device) - before
+    meter = SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(meter.track, lambda x: x):
+        fn(episodes)
+    return meter.peak
 
 
 def check_gradients(store, peers, device) -> dict[str, float]:
@@ -177,7 +177,7 @@ def backbone_variants(task, floor, episodes, zero, device, args) -> dict[str, fl
     """Median seconds of the floor with the backbone run each way it could be (or why it could not); each change
     is undone after its measurement."""
     def timed(warmup=args.warmup):
-        return median_time(floor, episodes, zero, device, args.repeats, warmup)
+        return median_times({"floor": floor}, episodes, zero, device, args.repeats, warmup)["floor"]
 
     out = {"float32": timed()}
     task.precision = "bf16"
@@ -209,8 +209,8 @@ def header(device, skipped, args) -> list[str]:
             (f"Machine: {platform.platform()}, {cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
              f"thread(s){gpu}; glibc malloc settings: {malloc}."), f"Versions: {', '.join(versions)}.", "",
             f"`python {shlex.join(sys.argv)}`", "",
-            (f"Random uint8 images, fixed seeds. Time: median of {args.repeats} calls after {args.warmup} warm-up "
-             "calls; floor is measured once per B.")]
+            (f"Random uint8 images, fixed seeds. Time: median of {args.repeats} rounds after {args.warmup} warm-up "
+             "rounds; a round calls each path of a row once, in turn.")]
 
 
 def goals(ratios: dict, rate: float, consumption: float, device) -> list[str]:
@@ -277,20 +277,18 @@ def main():
         for module in modules:
             module.zero_grad(set_to_none=True)
 
-    def bench(name, episodes):
-        return measure(fns[name], episodes, zero, device, args.repeats, args.warmup)
-
     rows = {}
     for B in args.B:
         episodes = EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=B).sample(B)
-        floor = bench("floor", episodes)
         for T in args.T:
             task.T = T
-            rows[B, T] = {"floor": floor} | {name: bench(name, episodes) for name in names[1:]}
+            seconds = median_times({n: fns[n] for n in names}, episodes, zero, device, args.repeats, args.warmup)
+            rows[B, T] = {n: (seconds[n], peak_bytes(fns[n], episodes, zero, device)) for n in names}
             print(f"B={B} T={T}: " + ", ".join(f"{n} {t * 1e3:.0f} ms" for n, (t, _) in rows[B, T].items()),
                   file=sys.stderr, flush=True)
     task.T, episodes = 5, EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=16).sample(16)
-    seconds = rows[16, 5]["bilevel"][0] if (16, 5) in rows else bench("bilevel", episodes)[0]
+    seconds = rows[16, 5]["bilevel"][0] if (16, 5) in rows else median_times(
+        {"bilevel": fns["bilevel"]}, episodes, zero, device, args.repeats, args.warmup)["bilevel"]
     consumption, rate = 16 / seconds, sampler_rate(store, 16, device)
     variants = backbone_variants(task, fns["floor"], episodes, zero, device, args)
 
@@ -320,8 +318,7 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out:
-        with open(args.out, "a") as f:
-            f.write(text + "\n")
+        append_section(args.out, text)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -162,16 +163,21 @@ def parse_arguments(parser: argparse.ArgumentParser, setting: str) -> argparse.N
 def write_section(path: str, heading: str, text: str) -> None:
     """Replaces the section of the markdown file at `path` that starts with `heading` (up to the next "### "
     heading) by `text`, or appends `text` when there is none: a rerun updates its figures in place."""
-    with open(path) as f:
-        document = f.read()
+    file = Path(path)
+    document = file.read_text() if file.exists() else ""
     start = document.find(heading)
     if start < 0:
-        document = document.rstrip("\n") + "\n\n" + text
-    else:
-        end = document.find("\n### ", start + len(heading))
-        document = document[:start] + text + (document[end:] if end >= 0 else "")
-    with open(path, "w") as f:
-        f.write(document)
+        append_section(path, text)
+        return
+    end = document.find("\n### ", start + len(heading))
+    file.write_text(document[:start] + text + (document[end:] if end >= 0 else ""))
+
+
+def append_section(path: str, text: str) -> None:
+    """Appends `text` to the markdown file at `path` (made when missing), one blank line after what is there."""
+    file = Path(path)
+    document = file.read_text().rstrip("\n") if file.exists() else ""
+    file.write_text(document + "\n\n" + text if document else text)
 
 
 if __name__ == "__main__":
