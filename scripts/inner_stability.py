@@ -14,10 +14,8 @@ import math
 import sys
 
 import torch
-from omegaconf import OmegaConf
 
-from bilevel_cli.engine import checkpoint
-from bilevel_cli.engine.build import build_data, build_task
+from bilevel_cli.engine.evaluate import load_checkpointed_task
 from bilevel_cli.errors import UserError
 
 
@@ -32,12 +30,9 @@ def support_curvature(support: torch.Tensor, ways: int) -> torch.Tensor:
 
 
 def measure(path: str, episodes: int) -> str:
-    state = checkpoint.load(path)
-    cfg = OmegaConf.create(state["config"])
+    task, cfg, state = load_checkpointed_task(path)
     if cfg.task.name != "hyper_representation":
         raise UserError(f"{path} is a {cfg.task.name} checkpoint; this measures hyper_representation runs")
-    task = build_task(cfg, build_data(cfg, "cpu"))
-    checkpoint.load_task_state(task, state, path)
     protocol, lr = task.protocol, float(task.inner_lr)
     n_support = protocol.ways * protocol.shots
     curvatures, squared_norms = [], []

@@ -24,6 +24,20 @@ def evaluate_checkpoint(path: str | None, overrides: list[str], run_dir: Path) -
     if path is None:
         raise UserError("no checkpoint to test; pass one: bilevel eval checkpoint=outputs/train/<run>/best.pt")
     keep_freed_memory()
+    task, cfg, state = load_checkpointed_task(path, overrides)
+    test = task.test()
+    summary = {**test, "task": cfg.task.name, "T": cfg.hypergrad.T, "checkpoint": str(Path(path).resolve()),
+               "checkpoint_step": state.get("step")}
+    log.info(describe(test))
+    again = "make room, then run this bilevel eval again"
+    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg), again)
+    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", again)
+    return summary
+
+
+def load_checkpointed_task(path: str, overrides: list[str] = ()):
+    """The task a checkpoint trained, rebuilt under its training config with value overrides applied, its outer
+    variables loaded; returns (task, config, checkpoint state)."""
     state = checkpoint.load(path)
     cfg = OmegaConf.create(state["config"])
     for override in overrides:
@@ -36,11 +50,4 @@ def evaluate_checkpoint(path: str | None, overrides: list[str], run_dir: Path) -
     checkpoint.check_compatible(state, cfg, path)
     task = build_task(cfg, build_data(cfg, resolve_device(cfg.device)))
     checkpoint.load_task_state(task, state, path)
-    test = task.test()
-    summary = {**test, "task": cfg.task.name, "T": cfg.hypergrad.T, "checkpoint": str(Path(path).resolve()),
-               "checkpoint_step": state.get("step")}
-    log.info(describe(test))
-    again = "make room, then run this bilevel eval again"
-    write_text_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(cfg), again)
-    write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", again)
-    return summary
+    return task, cfg, state
