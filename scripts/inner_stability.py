@@ -5,7 +5,8 @@
 For each checkpoint: the inner rate times λmax, the largest eigenvalue of the support loss's Hessian in the head's
 weights at the zero-initialized head where the inner steps start (median and max over training episodes), and the
 support features' mean |x|². Gradient descent on a quadratic diverges once rate·λmax passes 2; as the backbone's
-features grow during training, a fixed inner rate moves towards that edge. The episodes are the run's own training
+features grow during training, a fixed inner rate moves towards that edge (with task.curvature_scaled_rate each
+episode's rate is inner.lr/κ, and rate·λmax stays at most inner.lr). The episodes are the run's own training
 episodes, drawn from its seed, so the figures repeat from run to run.
 """
 
@@ -39,10 +40,12 @@ def measure(path: str, episodes: int) -> str:
     with torch.no_grad():
         for _ in range(math.ceil(episodes / protocol.meta_batch)):
             support = task.features(protocol.training_episodes())[:, :n_support]
-            curvatures.append(support_curvature(support, protocol.ways))
+            # times each episode's rate factor: 1/κ under task.curvature_scaled_rate, 1 otherwise
+            curvatures.append(support_curvature(support, protocol.ways) * task.rate_scale(support)[:, 0])
             squared_norms.append((support ** 2).sum(-1).mean(1))
     scaled = lr * torch.cat(curvatures)[:episodes]
-    return (f"{path}: step {state['step']}, inner rate {lr:g}, rate·λmax median {scaled.median():.2f} max "
+    rate = f"{lr:g}/κ" if task.curvature_scaled_rate else f"{lr:g}"
+    return (f"{path}: step {state['step']}, inner rate {rate}, rate·λmax median {scaled.median():.2f} max "
             f"{scaled.max():.2f}, support features' mean |x|² {torch.cat(squared_norms)[:episodes].mean():.0f} "
             f"({len(scaled)} training episodes)")
 

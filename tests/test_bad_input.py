@@ -271,6 +271,7 @@ def test_a_section_set_to_a_value(override, message):
     ("trainer.precision=fp16", "unknown trainer.precision 'fp16'; choose one of: fp32, bf16"),
     ("inner.learn_lr=maybe", "inner.learn_lr must be true or false, got 'maybe'"),
     ("backbone.pool=1", "backbone.pool must be true or false, got 1"),
+    ("task.curvature_scaled_rate=yes", "task.curvature_scaled_rate must be true or false, got 'yes'"),
     ("trainer.select_T=3",
      "trainer.select_T must be a list of integers >= 1, got 3 (e.g. 'trainer.select_T=[1,3,5,10]')"),
     ("trainer.select_T=[0,5]", "trainer.select_T must be a list of integers >= 1, got [0, 5]"),

@@ -136,7 +136,13 @@ def _hyper_representation(cfg: DictConfig, data: dict) -> Task:
     protocol, backbone, inner = _episodic(cfg, data)
     return HyperRepresentation(backbone, cfg.task.ways, cfg.hypergrad.T, method=cfg.hypergrad.method,
                                method_options=OmegaConf.to_container(cfg.hypergrad.options),
-                               learn_lr=cfg.inner.learn_lr, protocol=protocol, **inner)
+                               learn_lr=cfg.inner.learn_lr, curvature_scaled_rate=_curvature_scaled_rate(cfg),
+                               protocol=protocol, **inner)
+
+
+def _curvature_scaled_rate(cfg: DictConfig) -> bool:
+    # Checkpoints written before the option existed were trained at a fixed rate.
+    return OmegaConf.select(cfg, "task.curvature_scaled_rate", default=False)
 
 
 def _joint_training(cfg: DictConfig, data: dict) -> Task:

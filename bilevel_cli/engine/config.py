@@ -26,7 +26,8 @@ INTEGERS = {"seed": 0, "hypergrad.T": 1, "task.ways": 2, "task.shots": 1, "task.
             "task.train": 1, "task.val": 1, "task.test": 1, "task.corrupted": 0}
 # key: whether zero is allowed, a sensible value
 NUMBERS = {"inner.lr": (False, 0.1), "outer.optimizer.lr": (False, 0.001), "outer.decay": (True, 0)}
-BOOLEANS = ("inner.learn_lr", "data.download", "backbone.pool", "task.exact", "task.centre")
+BOOLEANS = ("inner.learn_lr", "data.download", "backbone.pool", "task.exact", "task.centre",
+            "task.curvature_scaled_rate")
 CHOICES = {"task.name": tuple(BUILDERS), "hypergrad.method": METHODS, "inner.name": OPTIMIZERS, "backbone.norm": NORMS,
            "trainer.precision": ("fp32", "bf16")}
 # sections of conf/train.yaml that are not config groups (a group's `task=3` is an unknown option): an example key

@@ -24,7 +24,7 @@ class HyperRepresentation(Task):
     def __init__(self, backbone: nn.Module, ways: int, T: int, method: str = "reverse",
                  method_options: dict | None = None, inner: str = "gd", inner_lr: float = 0.1,
                  learn_lr: bool = True, inner_options: dict | None = None, protocol: EpisodeProtocol | None = None,
-                 closed_form: bool = True, precision: str = "fp32"):
+                 closed_form: bool = True, precision: str = "fp32", curvature_scaled_rate: bool = False):
         super().__init__()
         self.backbone, self.ways, self.T, self.protocol = backbone, ways, T, protocol
         self.episodes_per_iteration = protocol.meta_batch if protocol else None
@@ -38,21 +38,29 @@ class HyperRepresentation(Task):
         self.precision = precision
         # A learned rate is an outer variable (an entry of hparams); a fixed one stays a number.
         self.inner_lr = nn.Parameter(torch.tensor(float(inner_lr))) if learn_lr else float(inner_lr)
+        # True: each episode's inner loss is divided by κ = (mean support |x|² + 1)/N, a bound on the largest
+        # curvature of the support loss in (W, b) at the zero head. A head then steps at inner_lr/κ, and inner_lr
+        # bounds rate·curvature while the backbone's features grow; at a fixed rate that product grows with them
+        # until the steps diverge (RESULTS.md, "Trained with T=10"). κ is a constant of the step, like a fixed rate:
+        # no hypergradient flows through it.
+        self.curvature_scaled_rate = curvature_scaled_rate
 
     def problem(self, features: torch.Tensor, episodes: Episodes):
         """The bilevel problem of one meta-batch as the core's (step, outer_loss, w0, hparams)."""
-        n_support = episodes.support_labels.shape[1]
-        support_labels, query_labels = episodes.support_labels.flatten(), episodes.query_labels.flatten()
+        batch, n_support, dim = features.shape[0], episodes.support_labels.shape[1], features.shape[2]
+        query_labels = episodes.query_labels.flatten()
+        scale = self.rate_scale(features[:, :n_support].detach())  # (B, 1): each episode's loss weight
 
         def inner_loss(w, hp):
-            # Sum over episodes of each episode's mean loss: every head takes its own episode's step.
+            # Sum over episodes of each episode's weighted mean loss: every head takes its own episode's step.
             logits = _linear(w, hp["features"][:, :n_support])
-            return F.cross_entropy(logits.flatten(0, 1), support_labels, reduction="sum") / n_support
+            losses = F.cross_entropy(logits.flatten(0, 1), episodes.support_labels.flatten(), reduction="none")
+            return (losses.view(batch, n_support) * scale).sum() / n_support
 
         def inner_gradient(w, hp):
-            # ∂/∂logits of the summed per-episode mean cross-entropy is (softmax − one-hot)/K·N; then chain rule.
+            # ∂/∂logits of that sum is (softmax − one-hot)·scale/K·N; then chain rule.
             support = hp["features"][:, :n_support]
-            residual = (torch.softmax(_linear(w, support), -1) - targets) / n_support
+            residual = (torch.softmax(_linear(w, support), -1) - targets) * (scale.unsqueeze(-1) / n_support)
             return {"W": support.transpose(1, 2) @ residual, "b": residual.sum(1)}
 
         def outer_loss(w, hp):
@@ -62,10 +70,18 @@ class HyperRepresentation(Task):
         learned = isinstance(self.inner_lr, nn.Parameter)
         optimizer = OPTIMIZERS[self.inner](inner_loss, lr="lr" if learned else self.inner_lr, **self.inner_options,
                                            gradient=inner_gradient if self.closed_form else None)
-        batch, _, dim = features.shape
         w0 = optimizer.init({"W": features.new_zeros(batch, dim, self.ways), "b": features.new_zeros(batch, self.ways)})
         hparams = {"features": features, **({"lr": self.inner_lr} if learned else {})}
         return optimizer.step, outer_loss, w0, hparams
+
+    def rate_scale(self, support: torch.Tensor) -> torch.Tensor:
+        """Each episode's inner-loss weight (B, 1) for support features (B, n, d): 1/κ when the rate is scaled by
+        the curvature bound κ = (mean |x|² + 1)/N, else 1. At the zero head the Hessian in (W, b) is the second
+        moment of the features with a 1 appended, times the softmax's (I − 11ᵀ/N)/N: its largest eigenvalue is at
+        most the moment's trace over N."""
+        if not self.curvature_scaled_rate:
+            return support.new_ones(support.shape[0], 1)
+        return self.ways / (support.square().sum(-1).mean(1, keepdim=True) + 1)
 
     def hyper_iteration(self, with_metrics: bool):
         loss, accuracy = self.training_step(self.protocol.training_episodes(), with_metrics)

@@ -16,23 +16,25 @@ def episodes():
     return EpisodeSampler(store, WAYS, SHOTS, QUERIES, seed=0).sample(3)
 
 
-def _task(learn_lr=True, closed_form=True):
+def _task(learn_lr=True, closed_form=True, curvature_scaled_rate=False):
     torch.manual_seed(0)
-    return HyperRepresentation(Conv4(channels=4), WAYS, T, inner_lr=0.3, learn_lr=learn_lr,
-                               closed_form=closed_form).double()
+    return HyperRepresentation(Conv4(channels=4), WAYS, T, inner_lr=0.3, learn_lr=learn_lr, closed_form=closed_form,
+                               curvature_scaled_rate=curvature_scaled_rate).double()
 
 
 def _reference_loss(task, episodes, lr):
-    """The same bilevel objective written as one autograd graph: backbone, T inner steps, query loss."""
+    """The same bilevel objective written as one autograd graph: backbone, T inner steps, query loss. `lr`: one
+    rate, or a function of the support features giving each episode's (B,)."""
     features = task.backbone(episodes.images.double() / 255, episodes.segments)
     support, query = features.split(episodes.segments, dim=1)
+    eta = (lr(support) if callable(lr) else lr * torch.ones(len(support), dtype=torch.float64)).reshape(-1, 1, 1)
     W = torch.zeros(support.shape[0], support.shape[2], WAYS, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(support.shape[0], WAYS, dtype=torch.float64, requires_grad=True)
     for _ in range(T):
         logits = support @ W + b[:, None]
         inner = sum(F.cross_entropy(logits[e], episodes.support_labels[e]) for e in range(len(logits)))
         gW, gb = torch.autograd.grad(inner, (W, b), create_graph=True)
-        W, b = W - lr * gW, b - lr * gb
+        W, b = W - eta * gW, b - eta[:, 0] * gb
     return F.cross_entropy((query @ W + b[:, None]).flatten(0, 1), episodes.query_labels.flatten())
 
 
@@ -51,6 +53,51 @@ def test_hypergradient_reaches_the_backbone_and_the_inner_lr_exactly(episodes, c
     for name, p in task.named_parameters():
         torch.testing.assert_close(ours[name], p.grad, rtol=1e-9, atol=1e-12, msg=name)
     assert ours["inner_lr"].abs() > 0
+
+
+@pytest.mark.parametrize("closed_form", [True, False], ids=["closed-form", "autograd"])
+def test_a_curvature_scaled_rate_steps_each_head_at_lr_over_its_curvature_bound(episodes, closed_form):
+    """curvature_scaled_rate: episode e's head steps at inner_lr/κ_e, κ_e = (mean support |x|² + 1)/N computed
+    from the features as a constant (no hypergradient through it); the backbone's gradient is that objective's."""
+    task = _task(learn_lr=False, closed_form=closed_form, curvature_scaled_rate=True)
+    loss, _ = task.training_step(episodes)
+    ours = [p.grad.clone() for p in task.parameters()]
+    task.zero_grad()
+
+    def rates(support):
+        kappa = (support.detach().square().sum(-1).mean(1) + 1) / WAYS
+        return task.inner_lr / kappa
+
+    reference = _reference_loss(task, episodes, rates)
+    reference.backward()
+    torch.testing.assert_close(loss, reference.detach(), rtol=1e-12, atol=1e-12)
+    for mine, p in zip(ours, task.parameters()):
+        torch.testing.assert_close(mine, p.grad, rtol=1e-9, atol=1e-12)
+    fixed = _reference_loss(task, episodes, task.inner_lr)
+    assert not torch.isclose(fixed, reference)  # the rates do differ from the fixed one
+
+
+def test_the_curvature_bound_is_the_largest_eigenvalue_of_the_support_hessian_or_above():
+    """κ = 1/rate_scale bounds λmax of the mean support cross-entropy's Hessian in (W, b) at the zero head, with
+    equality when every support feature is the same vector (a rank-one second moment)."""
+    task = HyperRepresentation(Conv4(channels=4), WAYS, T, curvature_scaled_rate=True).double()
+    torch.manual_seed(0)
+    random = torch.rand(2, 5, 6, dtype=torch.float64) * 3
+    same = random[:, :1].expand(-1, 5, -1)
+    labels = torch.arange(5) % WAYS
+    for support, tight in ((random, False), (same, True)):
+        kappa = 1 / task.rate_scale(support)[:, 0]
+        for x, bound in zip(support, kappa):
+            def loss(flat):
+                W, b = flat[:-WAYS].view(6, WAYS), flat[-WAYS:]
+                return F.cross_entropy(x @ W + b, labels)
+
+            hessian = torch.autograd.functional.hessian(loss, torch.zeros(6 * WAYS + WAYS, dtype=torch.float64))
+            largest = torch.linalg.eigvalsh(hessian)[-1]
+            if tight:
+                torch.testing.assert_close(largest, bound)
+            else:
+                assert 0.3 * bound < largest < bound
 
 
 def test_a_fixed_inner_lr_is_not_an_outer_variable(episodes):
