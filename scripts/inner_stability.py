@@ -41,7 +41,8 @@ def measure(path: str, episodes: int) -> str:
         for _ in range(math.ceil(episodes / protocol.meta_batch)):
             support = task.features(protocol.training_episodes())[:, :n_support]
             # times each episode's rate factor: 1/κ under task.curvature_scaled_rate, 1 otherwise
-            curvatures.append(support_curvature(support, protocol.ways) * task.rate_scale(support)[:, 0])
+            factor = torch.as_tensor(task.rate_scale(support)).flatten()
+            curvatures.append(support_curvature(support, protocol.ways) * factor)
             squared_norms.append((support ** 2).sum(-1).mean(1))
     scaled = lr * torch.cat(curvatures)[:episodes]
     rate = f"{lr:g}/κ" if task.curvature_scaled_rate else f"{lr:g}"

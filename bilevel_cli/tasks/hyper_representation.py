@@ -48,19 +48,20 @@ class HyperRepresentation(Task):
     def problem(self, features: torch.Tensor, episodes: Episodes):
         """The bilevel problem of one meta-batch as the core's (step, outer_loss, w0, hparams)."""
         batch, n_support, dim = features.shape[0], episodes.support_labels.shape[1], features.shape[2]
-        query_labels = episodes.query_labels.flatten()
-        scale = self.rate_scale(features[:, :n_support].detach())  # (B, 1): each episode's loss weight
+        support_labels, query_labels = episodes.support_labels.flatten(), episodes.query_labels.flatten()
+        # Each episode's loss weight: (B, 1, 1), or the number 1, which costs the fixed-rate steps nothing.
+        scale = self.rate_scale(features[:, :n_support].detach())
 
         def inner_loss(w, hp):
             # Sum over episodes of each episode's weighted mean loss: every head takes its own episode's step.
             logits = _linear(w, hp["features"][:, :n_support])
-            losses = F.cross_entropy(logits.flatten(0, 1), episodes.support_labels.flatten(), reduction="none")
-            return (losses.view(batch, n_support) * scale).sum() / n_support
+            losses = F.cross_entropy(logits.flatten(0, 1), support_labels, reduction="none")
+            return (losses.view(batch, n_support, 1) * scale).sum() / n_support
 
         def inner_gradient(w, hp):
             # ∂/∂logits of that sum is (softmax − one-hot)·scale/K·N; then chain rule.
             support = hp["features"][:, :n_support]
-            residual = (torch.softmax(_linear(w, support), -1) - targets) * (scale.unsqueeze(-1) / n_support)
+            residual = (torch.softmax(_linear(w, support), -1) - targets) * (scale / n_support)
             return {"W": support.transpose(1, 2) @ residual, "b": residual.sum(1)}
 
         def outer_loss(w, hp):
@@ -74,14 +75,14 @@ class HyperRepresentation(Task):
         hparams = {"features": features, **({"lr": self.inner_lr} if learned else {})}
         return optimizer.step, outer_loss, w0, hparams
 
-    def rate_scale(self, support: torch.Tensor) -> torch.Tensor:
-        """Each episode's inner-loss weight (B, 1) for support features (B, n, d): 1/κ when the rate is scaled by
-        the curvature bound κ = (mean |x|² + 1)/N, else 1. At the zero head the Hessian in (W, b) is the second
-        moment of the features with a 1 appended, times the softmax's (I − 11ᵀ/N)/N: its largest eigenvalue is at
-        most the moment's trace over N."""
+    def rate_scale(self, support: torch.Tensor) -> torch.Tensor | float:
+        """Each episode's inner-loss weight for support features (B, n, d): 1/κ of shape (B, 1, 1) when the rate is
+        scaled by the curvature bound κ = (mean |x|² + 1)/N, else 1. At the zero head the Hessian in (W, b) is the
+        second moment of the features with a 1 appended, times the softmax's (I − 11ᵀ/N)/N: its largest eigenvalue
+        is at most the moment's trace over N."""
         if not self.curvature_scaled_rate:
-            return support.new_ones(support.shape[0], 1)
-        return self.ways / (support.square().sum(-1).mean(1, keepdim=True) + 1)
+            return 1.0
+        return self.ways / (support.square().sum(-1, keepdim=True).mean(1, keepdim=True) + 1)
 
     def hyper_iteration(self, with_metrics: bool):
         loss, accuracy = self.training_step(self.protocol.training_episodes(), with_metrics)

@@ -86,7 +86,7 @@ def test_the_curvature_bound_is_the_largest_eigenvalue_of_the_support_hessian_or
     same = random[:, :1].expand(-1, 5, -1)
     labels = torch.arange(5) % WAYS
     for support, tight in ((random, False), (same, True)):
-        kappa = 1 / task.rate_scale(support)[:, 0]
+        kappa = 1 / task.rate_scale(support).flatten()
         for x, bound in zip(support, kappa):
             def loss(flat):
                 W, b = flat[:-WAYS].view(6, WAYS), flat[-WAYS:]
