@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bilevel_cli.engine.files import write_atomically
+from bilevel_cli.engine.rerun import continue_command
 from bilevel_cli.errors import UserError
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -22,7 +23,7 @@ def save(path: Path, state: dict) -> None:
     """Atomically (see `files.write_atomically`). To a file object: torch.save to a path reports a full disk as a
     RuntimeError without errno."""
     write_atomically(path, lambda file: torch.save(state, file), "the run's earlier checkpoints are intact: make "
-                     f"room, then rerun with hydra.run.dir={path.parent} to continue from its last.pt")
+                     f"room, then continue from its last.pt: {continue_command(path.parent)}")
 
 
 def load(path: str | os.PathLike, device: torch.device | str = "cpu") -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from bilevel_cli.engine.files import write_text_atomically
+from bilevel_cli.engine.rerun import continue_command
 from bilevel_cli.errors import UserError
 
 # What a run is, in the HParams view of TensorBoard, beside the keys its command line overrides.
@@ -31,8 +32,8 @@ class JsonlLogger:
             with contextlib.suppress(OSError):  # closing flushes the unwritten line again
                 self.file.close()
             raise UserError(f"cannot append step {metrics['step']} to {self.path} ({error.strerror or error}); the "
-                            "run's checkpoints are intact: make room, then rerun with "
-                            f"hydra.run.dir={self.path.parent} to continue from its last.pt") from None
+                            "run's checkpoints are intact: make room, then continue from its last.pt: "
+                            f"{continue_command(self.path.parent)}") from None
 
     def finish(self, summary: dict) -> None:
         self.file.close()

@@ -18,6 +18,7 @@ from bilevel_cli.engine.config import check_config, native_bf16, resolve_device
 from bilevel_cli.engine.files import write_text_atomically
 from bilevel_cli.engine.interrupt import StopRequests
 from bilevel_cli.engine.loggers import open_loggers
+from bilevel_cli.engine.rerun import continue_command
 from bilevel_cli.engine.resume import check_resumable, checkpoint_to_resume, rng_state, set_aside_summary, set_rng_state
 from bilevel_cli.engine.run_lock import claim_run_dir
 from bilevel_cli.errors import Interrupted, UserError
@@ -152,7 +153,7 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
                     save_last(step)
                 signum = stop.signal or signal.SIGTERM  # another rank's signal
                 raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved; "
-                                  f"continue with: bilevel train resume=true hydra.run.dir={run_dir}", signum)
+                                  f"continue with: {continue_command(run_dir)}", signum)
             if "val_acc" in metrics and tr.patience and step - best["step"] >= tr.patience * tr.val_every:
                 log.info(f"early stop at step {step}: no better validation in the last {tr.patience}")
                 break
@@ -167,8 +168,8 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
                "device": str(device), "wall_time_s": time.perf_counter() - start}
     log.info(f"{describe(test)} (best val_acc {best['val_acc']:.2f} at step {best['step']})")
     write_text_atomically(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n",
-                          f"the checkpoints are intact: make room, then rerun with hydra.run.dir={run_dir}, which "
-                          "tests its best.pt again and writes the summary")
+                          "the checkpoints are intact: make room, then rerun, which tests its best.pt again and "
+                          f"writes the summary: {continue_command(run_dir)}")
     for logger in loggers:
         logger.finish(summary)
     return summary

@@ -58,7 +58,7 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact_and_says_so(tmp_path)
     (tmp_path / "last.pt.tmp").symlink_to("/dev/full")  # the next write goes to a full device
     message = _error(checkpoint.save, tmp_path / "last.pt", {**state, "step": 8})
     assert message == (f"cannot write {tmp_path / 'last.pt'} (No space left on device); the run's earlier checkpoints "
-                       f"are intact: make room, then rerun with hydra.run.dir={tmp_path} to continue from its last.pt")
+                       f"are intact: make room, then continue from its last.pt: bilevel train hydra.run.dir={tmp_path}")
     assert checkpoint.load(tmp_path / "last.pt")["step"] == 7
     assert not (tmp_path / "last.pt.tmp").is_symlink()  # removed
 

@@ -131,6 +131,6 @@ def test_a_full_disk_while_logging_stops_the_run_with_one_line(tmp_path):
         logger.log({"step": 4})
     assert str(error.value) == (
         f"cannot append step 4 to {tmp_path / 'metrics.jsonl'} (No space left on device); the run's checkpoints "
-        f"are intact: make room, then rerun with hydra.run.dir={tmp_path} to continue from its last.pt")
+        f"are intact: make room, then continue from its last.pt: bilevel train hydra.run.dir={tmp_path}")
     assert logger.file.closed  # nothing left to flush, and fail, again at exit
     assert _steps(tmp_path / "metrics.jsonl") == [2]

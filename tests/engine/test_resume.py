@@ -6,10 +6,12 @@ says, not where a timer happens to."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
 
 pytestmark = pytest.mark.slow
 
@@ -61,13 +63,31 @@ main(["train", *sys.argv[4:]])
 
 
 @pytest.fixture
-def train(glyph_root, tmp_path):
+def run_bilevel(glyph_root, tmp_path):
+    """Runs `python <args>` as `bilevel` runs, in tmp_path; returns the CompletedProcess."""
+    def run(*args):
+        env = {**os.environ, "BILEVEL_DATA_DIR": str(glyph_root), "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    return run
+
+
+@pytest.fixture
+def train(run_bilevel):
     """Runs `bilevel train` (with a fault when `fault` is given) in `run_dir`; returns the CompletedProcess."""
     def run(run_dir, *overrides, fault=()):
-        env = {**os.environ, "BILEVEL_DATA_DIR": str(glyph_root), "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
         command = ["-c", FAULTY, *fault] if fault else ["-m", "bilevel_cli", "train"]
-        return subprocess.run([sys.executable, *command, *TINY, f"hydra.run.dir={run_dir}", *overrides],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        return run_bilevel(*command, *TINY, f"hydra.run.dir={run_dir}", *overrides)
+    return run
+
+
+@pytest.fixture
+def run_printed(run_bilevel):
+    """Runs the `bilevel train ...` command that ends a stopped run's last line, as a user pasting it would."""
+    def run(stopped):
+        words = shlex.split(stopped.stderr.strip().splitlines()[-1].rsplit(": ", 1)[1])
+        assert words[:2] == ["bilevel", "train"]
+        return run_bilevel("-m", "bilevel_cli", *words[1:])
     return run
 
 
@@ -110,21 +130,38 @@ def test_a_killed_run_resumed_ends_exactly_as_an_uninterrupted_one(train, uninte
     assert _metrics(run_dir) == _metrics(uninterrupted)  # continued, not duplicated
 
 
-def test_ctrl_c_checkpoints_and_exits_then_resume_true_continues(train, uninterrupted, tmp_path):
+def test_ctrl_c_checkpoints_and_exits_then_the_command_it_prints_continues(train, run_printed, uninterrupted,
+                                                                              tmp_path):
     run_dir = tmp_path / "interrupted"
     stopped = train(run_dir, fault=("hyper_iteration", "interrupt", "3"))
     assert stopped.returncode == 130
     assert stopped.stderr.strip().splitlines()[-1] == (
-        f"bilevel: stopped by SIGINT at step 3; checkpoint saved; continue with: "
-        f"bilevel train resume=true hydra.run.dir={run_dir}")
+        "bilevel: stopped by SIGINT at step 3; checkpoint saved; continue with: "
+        f"bilevel train {' '.join(TINY)} hydra.run.dir={run_dir}")
     assert not (run_dir / "summary.json").exists()
-    assert train(run_dir, "resume=true").returncode == 0
+    assert run_printed(stopped).returncode == 0
     assert _summary(run_dir) == _summary(uninterrupted)
     assert _metrics(run_dir) == _metrics(uninterrupted)
 
 
+def test_a_sweep_job_stopped_by_ctrl_c_continues_with_the_command_it_prints(run_bilevel, run_printed, uninterrupted,
+                                                                            tmp_path):
+    # The job's directory is named after its overrides ('=' and ','), and its experiment is in the user's own -cd.
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "tiny.yaml").write_text(
+        "# @package _global_\n" + OmegaConf.to_yaml(OmegaConf.from_dotlist(TINY)))
+    stopped = run_bilevel("-c", FAULTY, "hyper_iteration", "interrupt", "3", "-m", "-cd", "mine",
+                          "experiment=tiny", "seed=0", "hydra.sweep.dir=sweep")
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    [job] = (tmp_path / "sweep").glob("0_*")
+    assert job.name == "0_experiment=tiny,seed=0" and not (job / "summary.json").exists()
+    assert run_printed(stopped).returncode == 0
+    assert _summary(job) == _summary(uninterrupted)
+    assert _metrics(job) == _metrics(uninterrupted)
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full, a device that is always full")
-def test_a_full_disk_at_the_summary_loses_nothing(train, uninterrupted, tmp_path):
+def test_a_full_disk_at_the_summary_loses_nothing(train, run_printed, uninterrupted, tmp_path):
     run_dir = tmp_path / "full"
     run_dir.mkdir()
     (run_dir / "summary.json.tmp").symlink_to("/dev/full")  # the disk is full when the summary is written
@@ -132,10 +169,10 @@ def test_a_full_disk_at_the_summary_loses_nothing(train, uninterrupted, tmp_path
     assert full.returncode == 2
     assert full.stderr.strip().splitlines()[-1] == (
         f"bilevel: error: cannot write {run_dir / 'summary.json'} (No space left on device); the checkpoints are "
-        f"intact: make room, then rerun with hydra.run.dir={run_dir}, which tests its best.pt again and writes the "
-        "summary")
+        "intact: make room, then rerun, which tests its best.pt again and writes the summary: "
+        f"bilevel train {' '.join(TINY)} hydra.run.dir={run_dir}")
     assert "test accuracy" in full.stdout and not (run_dir / "summary.json").exists()  # the result was shown
-    assert train(run_dir).returncode == 0  # room made: the failed write removed its temporary file
+    assert run_printed(full).returncode == 0  # room made: the failed write removed its temporary file
     assert _summary(run_dir) == _summary(uninterrupted)
 
 
