@@ -1,6 +1,7 @@
 """`bilevel <command> [overrides]`: each command is a Hydra app that composes a config and calls one function."""
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -104,7 +105,15 @@ def _say_versions() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _run_command(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # Ctrl-C before training listens for it (while composing, loading data), or a second one
+        _say("bilevel: interrupted; a run's directory keeps the checkpoint of its last validation, which a rerun there "
+             "with the same overrides continues")
+        sys.exit(128 + signal.SIGINT)
+
+
+def _run_command(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         sys.exit(0 if argv else 2)

@@ -1,6 +1,7 @@
 """The `bilevel` command as a user runs it: run directories, sweeps, eval, and one-line errors."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,26 @@ finally:
 """
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stderr.strip().splitlines()[-1] == "torchvision imported: False"
+
+
+def test_ctrl_c_before_training_listens_for_it_is_one_line_and_exit_130(glyph_root, tmp_path):
+    # Ctrl-C while the data set loads, before the training loop's handler: Python's KeyboardInterrupt.
+    probe = """
+import os, signal, sys
+from bilevel_cli.cli import main
+from bilevel_cli.engine import build
+
+def interrupted(*args):
+    os.kill(os.getpid(), signal.SIGINT)
+
+build.build_data = interrupted
+main(["train", "device=cpu"])
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ, "BILEVEL_DATA_DIR": str(glyph_root)}, cwd=tmp_path)
+    assert done.returncode == 130
+    assert done.stderr.splitlines() == ["bilevel: interrupted; a run's directory keeps the checkpoint of its last "
+                                        "validation, which a rerun there with the same overrides continues"]
 
 
 @pytest.mark.skipif(shutil.which("bilevel") is None or shutil.which("bash") is None,
