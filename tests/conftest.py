@@ -31,13 +31,21 @@ def glyph_root(tmp_path_factory):
 
 
 @pytest.fixture
-def bilevel(glyph_root, tmp_path):
-    """Runs the `bilevel` command in a fresh directory, as a user would; returns the CompletedProcess."""
-    def run(*args, check=True):
+def run_python(glyph_root, tmp_path):
+    """Runs `python <args>` in a fresh directory, with the session's glyphs as the data; returns the CompletedProcess."""
+    def run(*args):
         env = {**os.environ, "BILEVEL_DATA_DIR": str(glyph_root), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
                "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-m", "bilevel_cli", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+    return run
+
+
+@pytest.fixture
+def bilevel(run_python):
+    """Runs the `bilevel` command in a fresh directory, as a user would; returns the CompletedProcess."""
+    def run(*args, check=True):
+        done = run_python("-m", "bilevel_cli", *args)
         if check and done.returncode != 0:
             raise AssertionError(f"bilevel {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}")
         return done

@@ -1,9 +1,6 @@
 """One run on two processes (torchrun, gloo on the CPU) against one process with the same total meta-batch."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -12,24 +9,15 @@ from test_cli import TINY
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def launch(glyph_root, tmp_path):
-    def run(*command):
-        env = {**os.environ, "BILEVEL_DATA_DIR": str(glyph_root), "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, *command], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-    return run
-
-
 def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_ranks_train_as_one_process_with_the_whole_meta_batch(launch, tmp_path):
+def test_two_ranks_train_as_one_process_with_the_whole_meta_batch(run_python, tmp_path):
     settings = [*TINY, "task.meta_batch=4", "trainer.log_every=1", "inner.learn_lr=true"]
-    two = launch("-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "bilevel_cli", "train", *settings)
+    two = run_python("-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "bilevel_cli", "train", *settings)
     assert two.returncode == 0, two.stderr[-3000:]
-    one = launch("-m", "bilevel_cli", "train", *settings, "hydra.run.dir=one_process")
+    one = run_python("-m", "bilevel_cli", "train", *settings, "hydra.run.dir=one_process")
     assert one.returncode == 0, one.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "train").iterdir()  # both ranks wrote into one run directory
     assert sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
@@ -45,8 +33,8 @@ def test_two_ranks_train_as_one_process_with_the_whole_meta_batch(launch, tmp_pa
         assert summaries[0][key] == pytest.approx(summaries[1][key], rel=1e-6), key
 
 
-def test_a_meta_batch_that_does_not_split_is_one_line(launch):
-    done = launch("-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "bilevel_cli", "train", *TINY,
+def test_a_meta_batch_that_does_not_split_is_one_line(run_python):
+    done = run_python("-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "bilevel_cli", "train", *TINY,
                   "task.meta_batch=3")
     # torchrun then reports the failed ranks in its own words (and traceback); each rank said one line, exit code 2.
     assert done.returncode != 0 and "exitcode  : 2" in done.stderr

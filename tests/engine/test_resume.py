@@ -7,8 +7,6 @@ says, not where a timer happens to."""
 import json
 import os
 import shlex
-import subprocess
-import sys
 
 import pytest
 from omegaconf import OmegaConf
@@ -63,31 +61,21 @@ main(["train", *sys.argv[4:]])
 
 
 @pytest.fixture
-def run_bilevel(glyph_root, tmp_path):
-    """Runs `python <args>` as `bilevel` runs, in tmp_path; returns the CompletedProcess."""
-    def run(*args):
-        env = {**os.environ, "BILEVEL_DATA_DIR": str(glyph_root), "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-    return run
-
-
-@pytest.fixture
-def train(run_bilevel):
+def train(run_python):
     """Runs `bilevel train` (with a fault when `fault` is given) in `run_dir`; returns the CompletedProcess."""
     def run(run_dir, *overrides, fault=()):
         command = ["-c", FAULTY, *fault] if fault else ["-m", "bilevel_cli", "train"]
-        return run_bilevel(*command, *TINY, f"hydra.run.dir={run_dir}", *overrides)
+        return run_python(*command, *TINY, f"hydra.run.dir={run_dir}", *overrides)
     return run
 
 
 @pytest.fixture
-def run_printed(run_bilevel):
+def run_printed(run_python):
     """Runs the `bilevel train ...` command that ends a stopped run's last line, as a user pasting it would."""
     def run(stopped):
         words = shlex.split(stopped.stderr.strip().splitlines()[-1].rsplit(": ", 1)[1])
         assert words[:2] == ["bilevel", "train"]
-        return run_bilevel("-m", "bilevel_cli", *words[1:])
+        return run_python("-m", "bilevel_cli", *words[1:])
     return run
 
 
@@ -144,13 +132,13 @@ def test_ctrl_c_checkpoints_and_exits_then_the_command_it_prints_continues(train
     assert _metrics(run_dir) == _metrics(uninterrupted)
 
 
-def test_a_sweep_job_stopped_by_ctrl_c_continues_with_the_command_it_prints(run_bilevel, run_printed, uninterrupted,
+def test_a_sweep_job_stopped_by_ctrl_c_continues_with_the_command_it_prints(run_python, run_printed, uninterrupted,
                                                                             tmp_path):
     # The job's directory is named after its overrides ('=' and ','), and its experiment is in the user's own -cd.
     (tmp_path / "mine" / "experiment").mkdir(parents=True)
     (tmp_path / "mine" / "experiment" / "tiny.yaml").write_text(
         "# @package _global_\n" + OmegaConf.to_yaml(OmegaConf.from_dotlist(TINY)))
-    stopped = run_bilevel("-c", FAULTY, "hyper_iteration", "interrupt", "3", "-m", "-cd", "mine",
+    stopped = run_python("-c", FAULTY, "hyper_iteration", "interrupt", "3", "-m", "-cd", "mine",
                           "experiment=tiny", "seed=0", "hydra.sweep.dir=sweep")
     assert stopped.returncode == 130, stopped.stderr[-2000:]
     [job] = (tmp_path / "sweep").glob("0_*")
