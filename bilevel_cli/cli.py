@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from bilevel_cli.engine import sweep
 from bilevel_cli.errors import Interrupted, UserError
 
 # An absolute path: Hydra then reads the YAML files directly, from a source checkout or an installed wheel.
@@ -53,15 +54,19 @@ APPS = {"train": train_app, "eval": eval_app}
 
 
 def _reporting(function, *args):
-    """Mistakes in the user's input end the command with one line and exit code 2, not a traceback."""
+    """Mistakes in the user's input end the command with one line and exit code 2, not a traceback. A job of a
+    parallel sweep says its line and returns instead: its exit would make joblib kill the sweep's other jobs."""
     try:
         return function(*args)
     except UserError as error:
         _say(f"bilevel: error: {error}")
-        sys.exit(2)
+        if not sweep.in_parallel_sweep():
+            sys.exit(2)
+        sweep.mark_failed(HydraConfig.get().job.num)
     except Interrupted as stop:
         _say(f"bilevel: {stop}")
-        sys.exit(stop.exit_code)
+        if not sweep.in_parallel_sweep():
+            sys.exit(stop.exit_code)
 
 
 def _say(line: str) -> None:
@@ -140,4 +145,10 @@ def _run_command(argv: list[str]) -> None:
 
         rest = [*rest, *_reporting(hydra_overrides, rest)]  # one run directory for all torchrun processes
     sys.argv = [f"bilevel {command}", *rest]  # Hydra reads its overrides and flags from sys.argv
-    APPS[command]()
+    try:
+        APPS[command]()
+    finally:
+        ended = sweep.finish()
+    if ended:
+        _say(ended[0])
+        sys.exit(ended[1])

@@ -31,12 +31,17 @@ def glyph_root(tmp_path_factory):
 
 
 @pytest.fixture
-def run_python(glyph_root, tmp_path):
+def python_env(glyph_root):
+    """The environment of the `python` processes the tests start: the session's glyphs as the data, one thread."""
+    return {**os.environ, "BILEVEL_DATA_DIR": str(glyph_root), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
+            "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def run_python(python_env, tmp_path):
     """Runs `python <args>` in a fresh directory, with the session's glyphs as the data; returns the CompletedProcess."""
     def run(*args):
-        env = {**os.environ, "BILEVEL_DATA_DIR": str(glyph_root), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0",
-               "OMP_NUM_THREADS": "1"}
-        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=python_env, capture_output=True, text=True,
                               timeout=300)
     return run
 

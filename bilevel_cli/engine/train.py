@@ -21,6 +21,7 @@ from bilevel_cli.engine.loggers import open_loggers
 from bilevel_cli.engine.rerun import continue_command
 from bilevel_cli.engine.resume import check_resumable, checkpoint_to_resume, rng_state, set_aside_summary, set_rng_state
 from bilevel_cli.engine.run_lock import claim_run_dir
+from bilevel_cli.engine.sweep import stop_file, stop_signal
 from bilevel_cli.errors import Interrupted, UserError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     """Train the outer variables, keep the best by validation accuracy, test it; returns the summary. Continues
     the run directory's last checkpoint when there is one (see `resume.checkpoint_to_resume`)."""
+    stopped = stop_signal(stop_file())
+    if stopped:  # a job of a parallel sweep whose turn came after a signal stopped the sweep
+        raise Interrupted(f"not started, the sweep having stopped on {signal.Signals(stopped).name}; start it with: "
+                          f"{continue_command(run_dir)}", stopped)
     if distributed.rank() != 0:  # the leader alone writes the run directory, and holds it
         return _train(cfg, run_dir, sweep)
     with claim_run_dir(run_dir):
@@ -101,7 +106,7 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
                 loss, task_metrics = task.hyper_iteration(with_metrics=logging_step)
             except torch.cuda.OutOfMemoryError:
                 raise UserError(_out_of_memory(device, step)) from None
-            stopping = stop.signal is not None
+            stopping = stop.requested() is not None
             if world > 1:  # every rank leaves with the same mean loss, hypergradient and decision to stop
                 loss, stopping = distributed.average(loss, stopping, task)
                 task_metrics = task_metrics and distributed.mean_metrics(task_metrics)
@@ -151,7 +156,7 @@ def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
             if stopping:
                 if not (step % tr.val_every == 0 or step == tr.steps):
                     save_last(step)
-                signum = stop.signal or signal.SIGTERM  # another rank's signal
+                signum = stop.requested() or signal.SIGTERM  # another rank's signal
                 raise Interrupted(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved; "
                                   f"continue with: {continue_command(run_dir)}", signum)
             if "val_acc" in metrics and tr.patience and step - best["step"] >= tr.patience * tr.val_every:
