@@ -101,28 +101,46 @@ def _stopped_jobs(lines):
 
 
 @pytest.mark.slow
-def test_sigterm_to_a_parallel_sweep_saves_its_running_jobs_then_the_printed_command_continues_one(
+def test_sigterm_to_a_parallel_sweep_saves_its_running_jobs_then_the_printed_command_continues_it(
         endless_sweep, run_python, tmp_path):
     sweep = endless_sweep("seed=0,1,2", "hydra.launcher.n_jobs=2", running=[0, 1])
     sweep.send_signal(signal.SIGTERM)  # to the launching process alone, as `kill` or `docker stop` sends it
     assert sweep.wait(timeout=120) == 128 + signal.SIGTERM
     said = _said(tmp_path)
     assert said[0].startswith("bilevel: SIGTERM: stopping the sweep; each running job finishes its hyper-iteration")
-    assert said[-1].startswith("bilevel: the sweep stopped on SIGTERM; the jobs above say how each ended")
     stopped = _stopped_jobs(said)
     assert sorted(stopped) == [0, 1] and {name for name, _, _ in stopped.values()} == {"SIGTERM"}
     [not_started] = [line for line in said if "not started" in line]
     assert not_started == ("bilevel: not started, the sweep having stopped on SIGTERM; start it with: bilevel train "
-                           f"-cd {tmp_path / 'mine'} experiment=endless seed=2 \"hydra.run.dir='{tmp_path / 'sweep'}/2_experiment=endless,seed=2'\"")
+                           f"-cd {tmp_path / 'mine'} experiment=endless seed=2 \"hydra.run.dir='{tmp_path / 'sweep'}"
+                           "/2_experiment=endless,seed=2'\"")
     assert not list((tmp_path / "sweep").glob("2_*/metrics.jsonl"))
+    head, command = said[-1].split(" with: ")
+    assert head == ("bilevel: the sweep stopped on SIGTERM; continue it (the finished jobs kept, the stopped ones "
+                    "from their checkpoints, the others started)")
+    assert command == (f"bilevel train -m -cd {tmp_path / 'mine'} experiment=endless seed=0,1,2 "
+                       f"hydra/launcher=parallel hydra.launcher.n_jobs=2 hydra.sweep.dir={tmp_path / 'sweep'}")
 
-    _, step, command = stopped[0]  # continued two steps further than it stopped: no step lost, none repeated
-    done = run_python("-m", "bilevel_cli", *shlex.split(command)[1:], f"trainer.steps={step + 2}")
+    # The printed command, to two steps past the later stop: no step lost or repeated, the third job run in full.
+    end = max(step for _, step, _ in stopped.values()) + 2
+    rerun = [*shlex.split(command)[1:], f"trainer.steps={end}"]
+    done = run_python("-m", "bilevel_cli", *rerun)
     assert done.returncode == 0, done.stderr[-3000:]
-    [job] = (tmp_path / "sweep").glob("0_*")
-    assert json.loads((job / "summary.json").read_text())["last_step"] == step + 2
-    logged = [json.loads(line)["step"] for line in (job / "metrics.jsonl").read_text().splitlines()]
-    assert logged == list(range(1, step + 3))
+    jobs = sorted((tmp_path / "sweep").glob("*_*"))
+    summaries = [(job / "summary.json").read_text() for job in jobs]
+    assert [json.loads(summary)["last_step"] for summary in summaries] == [end] * 3
+    for job in jobs:
+        logged = [json.loads(line)["step"] for line in (job / "metrics.jsonl").read_text().splitlines()]
+        assert logged == list(range(1, end + 1))
+
+    again = run_python("-m", "bilevel_cli", *rerun)  # a finished job is kept as it is, not run again
+    assert again.returncode == 0 and "holds this job's finished run: kept" in again.stdout + again.stderr
+    assert [(job / "summary.json").read_text() for job in jobs] == summaries
+    (tmp_path / "mine" / "experiment" / "endless.yaml").write_text(  # unless its config changed
+        "# @package _global_\n" + OmegaConf.to_yaml(OmegaConf.from_dotlist([*ENDLESS, "outer.optimizer.lr=0.5"])))
+    changed = run_python("-m", "bilevel_cli", *rerun)
+    assert changed.returncode == 2
+    assert "the config differs from the checkpoint's in outer.optimizer.lr" in changed.stderr
 
 
 @pytest.mark.slow

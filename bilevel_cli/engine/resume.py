@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bilevel_cli.engine import checkpoint
 from bilevel_cli.engine.loggers import flatten
 from bilevel_cli.errors import UserError
 
@@ -36,6 +37,16 @@ def checkpoint_to_resume(resume: bool | None, run_dir: Path, steps: int) -> Path
         raise UserError(f"resume=true but {last} does not exist; point hydra.run.dir at the run directory "
                         "to continue (e.g. hydra.run.dir=outputs/train/2026-12-01_10-00-00)")
     return last if last.is_file() and resume is not False else None
+
+
+def finished_sweep_job(run_dir: Path, config: dict) -> dict | None:
+    """A sweep rerun in its directory, to continue it after a stop, keeps the jobs that had finished: the summary of
+    the run `run_dir` holds when it finished with this config (see `check_resumable`), else None."""
+    last, summary = run_dir / "last.pt", run_dir / "summary.json"
+    if not (summary.is_file() and last.is_file()):
+        return None
+    check_resumable(checkpoint.load(last)["config"], config, last)
+    return json.loads(summary.read_text())
 
 
 def check_resumable(saved: dict, config: dict, path: Path) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from bilevel_cli.engine.rerun import continue_sweep_command
+
 CONTROL = "BILEVEL_SWEEP_CONTROL"  # the directory of the stop file and the failed jobs' marks; set for the workers
 SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -44,6 +46,7 @@ class SweepControl(Callback):
         control = Path(tempfile.mkdtemp(prefix="bilevel-sweep-"))
         (control / "failed").mkdir()
         self._stop_file = control / "stop"
+        (control / "command").write_text(continue_sweep_command(config.hydra))
         os.environ[CONTROL] = str(control)  # before joblib starts its workers, which inherit it
         # A signal lands on any thread that does not block it, e.g. one of torch's, and Python then runs the handler
         # in the main thread; on none, the listening thread takes it.
@@ -115,10 +118,11 @@ def finish() -> tuple[str, int] | None:
     control = Path(os.environ.pop(CONTROL))
     failed = sorted(int(p.name) for p in (control / "failed").iterdir())
     stopped = stop_signal(control / "stop")
+    command = (control / "command").read_text()
     shutil.rmtree(control, ignore_errors=True)
     if stopped:
-        return (f"bilevel: the sweep stopped on {signal.Signals(stopped).name}; the jobs above say how each ended and "
-                "the command that continues or starts it", 128 + stopped)
+        return (f"bilevel: the sweep stopped on {signal.Signals(stopped).name}; continue it (the finished jobs kept, "
+                f"the stopped ones from their checkpoints, the others started) with: {command}", 128 + stopped)
     if failed:
         jobs = ", ".join(f"#{job}" for job in failed)
         said = "its error is" if len(failed) == 1 else "their errors are"

@@ -19,7 +19,8 @@ from bilevel_cli.engine.files import write_text_atomically
 from bilevel_cli.engine.interrupt import StopRequests
 from bilevel_cli.engine.loggers import open_loggers
 from bilevel_cli.engine.rerun import continue_command
-from bilevel_cli.engine.resume import check_resumable, checkpoint_to_resume, rng_state, set_aside_summary, set_rng_state
+from bilevel_cli.engine.resume import (check_resumable, checkpoint_to_resume, finished_sweep_job, rng_state,
+                                      set_aside_summary, set_rng_state)
 from bilevel_cli.engine.run_lock import claim_run_dir
 from bilevel_cli.engine.sweep import stop_file, stop_signal
 from bilevel_cli.errors import Interrupted, UserError
@@ -43,6 +44,12 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
 def _train(cfg: DictConfig, run_dir: Path, sweep: str | None) -> dict:
     keep_freed_memory()
     check_config(cfg)
+    if sweep is not None and cfg.resume is None:
+        kept = finished_sweep_job(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        if kept:
+            log.info(f"{run_dir} holds this job's finished run: kept (resume=true trainer.steps=<more> trains it "
+                     "longer)")
+            return kept
     device = distributed.device_of_rank(resolve_device(cfg.device))
     world, leader = distributed.world_size(), distributed.rank() == 0  # the leader writes the run directory
     if cfg.trainer.precision == "bf16" and not native_bf16(device):
