@@ -54,18 +54,19 @@ APPS = {"train": train_app, "eval": eval_app}
 
 
 def _reporting(function, *args):
-    """Mistakes in the user's input end the command with one line and exit code 2, not a traceback. A job of a
-    parallel sweep says its line and returns instead: its exit would make joblib kill the sweep's other jobs."""
+    """Mistakes in the user's input end the command with one line and exit code 2, not a traceback. A sweep's job
+    says its line and returns instead, so that the other jobs go on (in a parallel sweep, its exit would make joblib
+    kill them); the sweep's end sums up (engine/sweep.py)."""
     try:
         return function(*args)
     except UserError as error:
         _say(f"bilevel: error: {error}")
-        if not sweep.in_parallel_sweep():
+        if not sweep.in_local_sweep():
             sys.exit(2)
         sweep.mark_failed(HydraConfig.get().job.num)
     except Interrupted as stop:
         _say(f"bilevel: {stop}")
-        if not sweep.in_parallel_sweep():
+        if not sweep.in_local_sweep():
             sys.exit(stop.exit_code)
 
 

@@ -1,5 +1,5 @@
-"""Sweeps through the launcher plugins: joblib and submitit's local executor for real, SLURM by composition; a
-parallel sweep stopped by a signal, or with a failing job, loses no job's work."""
+"""Sweeps through the launcher plugins: joblib and submitit's local executor for real, SLURM by composition; a sweep
+stopped by a signal, or with a failing job, loses no job's work."""
 
 import json
 import os
@@ -110,10 +110,7 @@ def test_sigterm_to_a_parallel_sweep_saves_its_running_jobs_then_the_printed_com
     assert said[0].startswith("bilevel: SIGTERM: stopping the sweep; each running job finishes its hyper-iteration")
     stopped = _stopped_jobs(said)
     assert sorted(stopped) == [0, 1] and {name for name, _, _ in stopped.values()} == {"SIGTERM"}
-    [not_started] = [line for line in said if "not started" in line]
-    assert not_started == ("bilevel: not started, the sweep having stopped on SIGTERM; start it with: bilevel train "
-                           f"-cd {tmp_path / 'mine'} experiment=endless seed=2 \"hydra.run.dir='{tmp_path / 'sweep'}"
-                           "/2_experiment=endless,seed=2'\"")
+    assert "bilevel: 2_experiment=endless,seed=2 not started: the sweep stopped on SIGTERM" in said
     assert not list((tmp_path / "sweep").glob("2_*/metrics.jsonl"))
     head, command = said[-1].split(" with: ")
     assert head == ("bilevel: the sweep stopped on SIGTERM; continue it (the finished jobs kept, the stopped ones "
@@ -157,8 +154,9 @@ def test_ctrl_c_at_the_terminal_stops_a_parallel_sweep_with_an_idle_worker_and_e
 
 
 @pytest.mark.slow
-def test_a_failing_job_of_a_parallel_sweep_leaves_the_others_running_to_their_end(bilevel, tmp_path):
-    done = bilevel("train", "-m", "hydra/launcher=parallel", *TINY, "trainer.patience=0,null", check=False)
+@pytest.mark.parametrize("launcher", ["basic", "parallel"])
+def test_a_failing_job_of_a_sweep_leaves_the_others_running_to_their_end(bilevel, tmp_path, launcher):
+    done = bilevel("train", "-m", f"hydra/launcher={launcher}", *TINY, "trainer.patience=0,null", check=False)
     assert done.returncode == 2
     said = done.stderr.strip().splitlines()
     assert "bilevel: error: trainer.patience must be null or an integer >= 1, got 0" in said

@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM (a cluster's preemption notice) during training: the hyper-iteration in flight finishes, a
 checkpoint is written, and the run exits; `resume=true` continues it. A second Ctrl-C stops at once. A job of a
-parallel sweep hears of them from the sweep's stop file instead (see engine/sweep.py)."""
+sweep on this machine hears of them from the sweep's stop file instead (see engine/sweep.py)."""
 
 import signal
 import threading
@@ -25,7 +25,7 @@ class StopRequests:
         return self.signal
 
     def __enter__(self) -> "StopRequests":
-        # Python delivers signals to the main thread only. A parallel sweep's jobs read the stop file instead, which the
+        # Python delivers signals to the main thread only. A sweep's jobs read the stop file instead, which the
         # sweep's launching process writes when it hears one.
         if threading.current_thread() is threading.main_thread() and self._sweep_stop is None:
             self._previous = {s: signal.signal(s, self._receive) for s in self.SIGNALS}

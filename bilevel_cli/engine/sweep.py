@@ -1,13 +1,14 @@
-"""A sweep whose jobs run in worker processes (`hydra/launcher=parallel`, joblib) stops without losing them.
+"""A sweep on this machine (the basic launcher, or `hydra/launcher=parallel`: joblib's worker processes) stops on
+Ctrl-C or SIGTERM without losing a job, and one job's error does not end the others.
 
-Left to themselves, a Ctrl-C or a SIGTERM (`docker stop`, a scheduler's preemption) to the launching process ends
-it with its workers SIGKILLed mid-step, and a Ctrl-C at the terminal kills any idle worker, which makes joblib
-SIGKILL the rest; a job's error (sys.exit in a worker) does the same. So, for the sweep's duration, the launching
-process blocks SIGINT and SIGTERM, which its workers inherit, and one thread of it takes them instead: the first
-writes the signal's name to a stop file, which the training loop of every job reads at each step (it finishes the
-step, saves `last.pt` and says how to continue) and which a job about to start reads too (it does not start). A
-second Ctrl-C stops at once. The jobs return, stopped or failed; the launching process then sums up and exits
-non-zero. The basic launcher needs none of this: its jobs run in the launching process, which receives the signal.
+Left to themselves, a Ctrl-C or a SIGTERM (`docker stop`, a scheduler's preemption) to the launching process of a
+parallel sweep ends it with its workers SIGKILLed mid-step, and a Ctrl-C at the terminal kills any idle worker,
+which makes joblib SIGKILL the rest; a job's error (sys.exit in a worker) does the same. So, for the sweep's
+duration, the launching process blocks SIGINT and SIGTERM, which its workers inherit, and hears them itself: the
+first writes the signal's name to a stop file, which the training loop of every job reads at each step (it finishes
+the step, saves `last.pt` and says how to continue) and which a job about to start reads too (it does not start). A
+second Ctrl-C stops at once. The jobs return, stopped or failed; the launching process then prints the command that
+continues the sweep and exits non-zero. The basic launcher's jobs, in the launching process, go the same way.
 """
 
 import os
@@ -26,10 +27,12 @@ from bilevel_cli.engine.rerun import continue_sweep_command
 
 CONTROL = "BILEVEL_SWEEP_CONTROL"  # the directory of the stop file and the failed jobs' marks; set for the workers
 SIGNALS = {signal.SIGINT, signal.SIGTERM}
+LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.", "hydra_plugins.hydra_joblib_launcher.")
 
 
 class SweepControl(Callback):
-    """Hydra calls `on_multirun_start` in the launching process before any job starts (conf/train.yaml)."""
+    """Hydra calls `on_multirun_start` in the launching process before any job starts (conf/train.yaml). Launchers
+    that run the jobs elsewhere (SLURM) are left alone: there the scheduler signals each job."""
 
     def __init__(self):
         self._stop_file: Path | None = None
@@ -41,7 +44,7 @@ class SweepControl(Callback):
         return SweepControl, ()
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if not str(config.hydra.launcher.get("_target_", "")).startswith("hydra_plugins.hydra_joblib_launcher."):
+        if not str(config.hydra.launcher.get("_target_", "")).startswith(LOCAL_LAUNCHERS):
             return
         control = Path(tempfile.mkdtemp(prefix="bilevel-sweep-"))
         (control / "failed").mkdir()
@@ -89,14 +92,14 @@ class SweepControl(Callback):
         return False
 
 
-def in_parallel_sweep() -> bool:
+def in_local_sweep() -> bool:
     """Whether this process runs a job of a sweep under SweepControl (or launches it)."""
     return CONTROL in os.environ
 
 
 def stop_file() -> Path | None:
     """The file whose presence means: stop. None outside a sweep under SweepControl."""
-    return Path(os.environ[CONTROL]) / "stop" if in_parallel_sweep() else None
+    return Path(os.environ[CONTROL]) / "stop" if in_local_sweep() else None
 
 
 def stop_signal(path: Path | None) -> int | None:
@@ -113,7 +116,7 @@ def mark_failed(job: int) -> None:
 def finish() -> tuple[str, int] | None:
     """In the launching process, once the sweep has returned: what to say and the exit code, or None when every
     job ran to its end. Removes the control directory."""
-    if not in_parallel_sweep():
+    if not in_local_sweep():
         return None
     control = Path(os.environ.pop(CONTROL))
     failed = sorted(int(p.name) for p in (control / "failed").iterdir())

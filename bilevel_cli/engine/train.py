@@ -32,9 +32,8 @@ def train(cfg: DictConfig, run_dir: Path, sweep: str | None = None) -> dict:
     """Train the outer variables, keep the best by validation accuracy, test it; returns the summary. Continues
     the run directory's last checkpoint when there is one (see `resume.checkpoint_to_resume`)."""
     stopped = stop_signal(stop_file())
-    if stopped:  # a job of a parallel sweep whose turn came after a signal stopped the sweep
-        raise Interrupted(f"not started, the sweep having stopped on {signal.Signals(stopped).name}; start it with: "
-                          f"{continue_command(run_dir)}", stopped)
+    if stopped:  # a sweep's job whose turn came after a signal stopped the sweep
+        raise Interrupted(f"{run_dir.name} not started: the sweep stopped on {signal.Signals(stopped).name}", stopped)
     if distributed.rank() != 0:  # the leader alone writes the run directory, and holds it
         return _train(cfg, run_dir, sweep)
     with claim_run_dir(run_dir):
