@@ -36,7 +36,6 @@ class SweepControl(Callback):
 
     def __init__(self):
         self._stop_file: Path | None = None
-        self._stopped = False
         self._previous = {}  # the handlers to put back when the sweep ends
         self._ended = threading.Event()
 
@@ -80,9 +79,8 @@ class SweepControl(Callback):
 
     def _hear(self, signum: int) -> bool:
         """Stops the sweep; whether to stop at once (a second Ctrl-C), in which case joblib kills the workers."""
-        if self._stopped:
+        if self._stop_file.exists():
             return signum == signal.SIGINT
-        self._stopped = True
         written = self._stop_file.with_suffix(".tmp")
         written.write_text(signal.Signals(signum).name)
         written.replace(self._stop_file)  # whole or absent: the jobs read it while it is written
