@@ -11,6 +11,7 @@ second Ctrl-C stops at once. The jobs return, stopped or failed; the launching p
 continues the sweep and exits non-zero. The basic launcher's jobs, in the launching process, go the same way.
 """
 
+import _thread
 import os
 import shutil
 import signal
@@ -73,7 +74,6 @@ class SweepControl(Callback):
         while not self._ended.is_set():
             signum = signal.sigtimedwait(SIGNALS, 0.5)
             if signum and self._hear(signum.si_signo):
-                import _thread
                 _thread.interrupt_main()  # a KeyboardInterrupt in the main thread, where joblib waits
                 return
 
